@@ -1,0 +1,1 @@
+"""The `supsup-hf` command line: thin click commands over the library."""

@@ -1,0 +1,1 @@
+"""Mask codecs and the storage report: what it costs to keep many binary masks."""
