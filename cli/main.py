@@ -44,9 +44,18 @@ def app():
 
 
 def _register():
-    from cli import capacity
+    # TEMPORARY while commands are being written in parallel; becomes plain imports.
+    import importlib
 
-    app.add_command(capacity.capacity)
+    for module, command in [("capacity", "capacity"), ("storage", "storage_report"),
+                            ("inspect", "inspect"), ("train", "train"), ("eval", "eval_")]:
+        try:
+            mod = importlib.import_module(f"cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"cli.{module}":
+                raise
+            continue
+        app.add_command(getattr(mod, command))
 
 
 _register()

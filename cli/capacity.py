@@ -1,0 +1,43 @@
+"""`supsup-hf capacity`: how many random patterns a Hopfield rule holds."""
+import json
+
+import click
+
+from supsup_hopfield.capacity import CapacityConfig, format_table, measure_capacity, plot_capacity
+from supsup_hopfield.rules import RULES
+
+
+@click.command()
+@click.option("--dim", type=int, required=True, help="Pattern length d (memory is d×d).")
+@click.option("--rule", type=click.Choice(RULES), default="storkey", show_default=True)
+@click.option("--max-patterns", type=int, required=True, help="Store up to this many patterns.")
+@click.option("--step", type=int, default=0, help="Measure every K patterns [default: max/20].")
+@click.option("--noise", type=float, default=0.1, show_default=True,
+              help="Fraction of bits flipped in each recall cue.")
+@click.option("--bias", type=float, default=0.5, show_default=True, help="Probability of +1.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write a PNG plot here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def capacity(dim, rule, max_patterns, step, noise, bias, seed, plot_path, as_json):
+    """Store random ±1 patterns and measure fixed points and recall from noisy cues."""
+    from tqdm import tqdm
+
+    cfg = CapacityConfig(dim=dim, rule=rule, max_patterns=max_patterns, step=step,
+                         noise=noise, bias=bias, seed=seed)
+    if step < 0:
+        raise click.BadParameter(f"expected >= 1, got {step}", param_hint="--step")
+    with tqdm(total=None, unit="point", disable=None, leave=False) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = measure_capacity(cfg, progress)
+    if plot_path:
+        plot_capacity(result, plot_path)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(format_table(result))
+        if plot_path:
+            click.echo(f"plot written to {plot_path}")

@@ -1,0 +1,135 @@
+"""Capacity experiments: how many random ±1 patterns a Hopfield rule holds (DESIGN.md §2).
+
+Patterns are stored incrementally into one memory; after every `step` patterns we measure
+(1) the fraction of stored patterns that are exact fixed points, (2) the fraction recalled
+exactly by asynchronous dynamics from cues with a fraction `noise` of their bits flipped, and
+(3) the mean Hamming distance (bits) between recalled state and pattern.
+"""
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from supsup_hopfield.memory import HopfieldMemory
+from supsup_hopfield.rules import theoretical_capacity
+
+
+@dataclass(frozen=True)
+class CapacityConfig:
+    dim: int
+    rule: str = "storkey"
+    max_patterns: int = 100
+    step: int = 0  # 0: max_patterns // 20, at least 1
+    noise: float = 0.1  # fraction of bits flipped in each recall cue
+    bias: float = 0.5  # probability of +1 in a pattern
+    seed: int = 0
+    max_sweeps: int = 100
+
+
+@dataclass
+class CapacityResult:
+    config: CapacityConfig
+    theoretical_capacity: float | None
+    points: list = field(default_factory=list)  # dicts: patterns, stable_fraction, ...
+
+    @property
+    def max_all_stable(self) -> int:
+        """Largest measured count at which every stored pattern was a fixed point (0 if none)."""
+        ok = [p["patterns"] for p in self.points if p["stable_fraction"] == 1.0]
+        return max(ok, default=0)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self.config), "theoretical_capacity": self.theoretical_capacity,
+                "max_all_stable": self.max_all_stable, "points": self.points}
+
+
+def _check(cfg: CapacityConfig):
+    if cfg.max_patterns < 1:
+        raise ValueError(f"max_patterns: expected >= 1, got {cfg.max_patterns}")
+    if cfg.step < 0:
+        raise ValueError(f"step: expected >= 1, got {cfg.step}")
+    for name in ("noise", "bias"):
+        v = getattr(cfg, name)
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name}: expected a fraction in [0, 1], got {v}")
+
+
+def flip_bits(Z: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Copy of the ±1 patterns Z with exactly round(fraction·d) random bits flipped per row."""
+    n, d = Z.shape
+    k = int(round(fraction * d))
+    out = Z.copy()
+    if k:
+        idx = np.argsort(rng.random((n, d)), axis=1)[:, :k]
+        np.negative.at(out, (np.arange(n)[:, None], idx))
+    return out
+
+
+def measure_capacity(cfg: CapacityConfig, progress=None) -> CapacityResult:
+    """Run the experiment; `progress(done, total)` is called after every measured point."""
+    _check(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    mem = HopfieldMemory(cfg.dim, cfg.rule)
+    Z = np.where(rng.random((cfg.max_patterns, cfg.dim)) < cfg.bias, 1, -1).astype(np.int8)
+    step = cfg.step or max(1, cfg.max_patterns // 20)
+    counts = list(range(step, cfg.max_patterns + 1, step))
+    if not counts or counts[-1] != cfg.max_patterns:
+        counts.append(cfg.max_patterns)
+    result = CapacityResult(cfg, theoretical_capacity(cfg.rule, cfg.dim))
+    stored = 0
+    for i, n in enumerate(counts):
+        mem.store(Z[stored:n])
+        stored = n
+        P = Z[:n]
+        cues = flip_bits(P, cfg.noise, rng)
+        out = mem.recall(cues, mode="async", max_sweeps=cfg.max_sweeps, seed=rng.integers(2**63))
+        ham = (out != P).sum(axis=1)
+        result.points.append({
+            "patterns": n,
+            "stable_fraction": float(mem.stable(P).mean()),
+            "recall_exact_fraction": float((ham == 0).mean()),
+            "mean_hamming": float(ham.mean()),
+        })
+        if progress:
+            progress(i + 1, len(counts))
+    return result
+
+
+def format_table(result: CapacityResult) -> str:
+    cfg = result.config
+    th = result.theoretical_capacity
+    th_s = f"{th:.0f}" if th is not None else "no closed form"
+    lines = [f"rule {cfg.rule}, d = {cfg.dim}, bias {cfg.bias}, cue noise {cfg.noise}, "
+             f"seed {cfg.seed}; theoretical capacity {th_s}",
+             f"{'patterns':>8}  {'fixed points':>12}  {'recalled exactly':>16}  {'mean Hamming':>12}"]
+    for p in result.points:
+        lines.append(f"{p['patterns']:>8}  {p['stable_fraction']:>12.3f}  "
+                     f"{p['recall_exact_fraction']:>16.3f}  {p['mean_hamming']:>12.2f}")
+    lines.append(f"all stored patterns are fixed points up to {result.max_all_stable} patterns (measured)")
+    return "\n".join(lines)
+
+
+def plot_capacity(result: CapacityResult, path) -> None:
+    """PNG: fixed-point and exact-recall fractions against the number of stored patterns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = result.config
+    n = [p["patterns"] for p in result.points]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.plot(n, [p["stable_fraction"] for p in result.points], "o-", label="stored patterns that are fixed points")
+    ax.plot(n, [p["recall_exact_fraction"] for p in result.points], "s-",
+            label=f"recalled exactly from cues with {cfg.noise:.0%} bits flipped")
+    if result.theoretical_capacity is not None and result.theoretical_capacity <= max(n) * 1.2:
+        ax.axvline(result.theoretical_capacity, color="gray", ls="--",
+                   label=f"theoretical capacity ≈ {result.theoretical_capacity:.0f}")
+    ax.set_xlabel("patterns stored")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"Hopfield capacity: rule '{cfg.rule}', d = {cfg.dim}, bias {cfg.bias}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,190 @@
+"""The Hopfield memory: a fixed-size d×d matrix Ψ holding binary masks as attractors.
+
+HopSupSup (Wortsman et al. 2020, §3.5 and DESIGN.md §1–2) stores every task's neuron mask m as
+z = 2m − 1 in a Hopfield matrix and later recovers it by descending the energy −½ sᵀΨs. This
+module is the public face of that memory; the rules live in `rules.py`, recall in `dynamics.py`.
+
+Conventions (the same for every rule):
+
+* patterns are ±1, or 0/1 / boolean masks converted to z = 2m − 1; an array holding only 1s is
+  read as ±1 (it is the same pattern either way);
+* the field is Ψs with the diagonal of Ψ included: zero for `hebbian`; small and negative on
+  average for `storkey-paper`; kept, as Storkey (1997) defines it, for `storkey`; the projector's
+  own diagonal for `projection` (so Ψz = z exactly for a stored pattern);
+* sign(0) = +1.
+
+Example::
+
+    >>> mem = HopfieldMemory(512, rule="storkey").store(patterns)   # (n, 512) of ±1
+    >>> mem.stable(patterns).all()
+    True
+"""
+import numpy as np
+
+from supsup_hopfield import dynamics, rules
+from supsup_hopfield.rules import RULES
+
+# Below this many patterns per call, the per-pattern Numba kernel beats blocking.
+_BLOCK_FROM = 8
+
+
+def check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def check_patterns(x, dim: int, name: str = "patterns"):
+    """Validate one pattern (dim,) or many (n, dim) of ±1 or 0/1 values.
+
+    Returns (Z, single): Z is a (n, dim) int8 array of ±1, `single` tells whether x was 1-D.
+    """
+    a = np.asarray(x)
+    if a.dtype == object or not (a.dtype == bool or np.issubdtype(a.dtype, np.number)):
+        raise ValueError(f"{name}: expected a numeric or boolean array, got dtype {a.dtype}")
+    if a.ndim not in (1, 2):
+        raise ValueError(f"{name}: expected shape ({dim},) or (n, {dim}), got {a.shape}")
+    single = a.ndim == 1
+    a2 = a.reshape(1, -1) if single else a
+    if a2.shape[1] != dim:
+        raise ValueError(f"{name}: expected length {dim}, got {a2.shape[1]}")
+    if a.dtype == bool:
+        return (2 * a2.astype(np.int8) - 1), single
+    if np.issubdtype(a.dtype, np.floating) and np.isnan(a2).any():
+        raise ValueError(f"{name}: contains NaN; expected only ±1 or 0/1 values")
+    pm = (a2 == 1) | (a2 == -1)
+    if pm.all():
+        return np.where(a2 > 0, 1, -1).astype(np.int8), single
+    if ((a2 == 0) | (a2 == 1)).all():
+        return (2 * (a2 == 1).astype(np.int8) - 1), single
+    bad = a2[~pm & (a2 != 0)].ravel()
+    shown = bad[0] if bad.size else "a mix of -1, 0 and 1"
+    raise ValueError(f"{name}: expected only ±1 values or a 0/1 mask, found {shown}")
+
+
+class HopfieldMemory:
+    """A d×d Hopfield memory with one of the rules `hebbian`, `storkey-paper`, `storkey`,
+    `projection`. Patterns are stored in order, one at a time by definition (the fast paths are
+    exact re-arrangements of that)."""
+
+    def __init__(self, dim: int, rule: str = "storkey", dtype="float32"):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 2:
+            raise ValueError(f"dim: expected an integer >= 2, got {dim!r}")
+        if rule not in RULES:
+            raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+        self.dim = int(dim)
+        self.rule = rule
+        self.dtype = check_dtype(dtype)
+        self._W = np.zeros((self.dim, self.dim), self.dtype)
+        self.n_stored = 0
+
+    @classmethod
+    def from_state(cls, weights, rule: str, n_stored: int) -> "HopfieldMemory":
+        """Rebuild a memory from saved weights (square float32/float64), its rule and count."""
+        w = np.asarray(weights)
+        if w.ndim != 2 or w.shape[0] != w.shape[1]:
+            raise ValueError(f"weights: expected a square matrix, got shape {w.shape}")
+        mem = cls(w.shape[0], rule, w.dtype)
+        if not np.isfinite(w).all():
+            raise ValueError("weights: contain NaN or infinity")
+        if int(n_stored) < 0:
+            raise ValueError(f"n_stored: expected >= 0, got {n_stored}")
+        mem._W = np.array(w, dtype=mem.dtype, order="C")
+        mem.n_stored = int(n_stored)
+        return mem
+
+    def __repr__(self):
+        return f"HopfieldMemory(dim={self.dim}, rule={self.rule!r}, dtype='{self.dtype}', n_stored={self.n_stored})"
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Ψ as a read-only (dim, dim) view."""
+        v = self._W.view()
+        v.flags.writeable = False
+        return v
+
+    @property
+    def nbytes(self) -> int:
+        return self._W.nbytes
+
+    def store(self, patterns) -> "HopfieldMemory":
+        """Store one pattern (dim,) or many (n, dim), in order. Returns the memory.
+
+        `n_stored` counts every pattern given, including ones the projection rule found
+        already in its span (those change nothing: they are fixed points already).
+        """
+        Z, _ = check_patterns(patterns, self.dim)
+        Zf = Z.astype(self.dtype)
+        if len(Zf) >= _BLOCK_FROM:
+            rules.store_blocked(self.rule, self._W, Zf)
+        else:
+            for z in Zf:
+                rules.update_one(self.rule, self._W, z)
+        self.n_stored += len(Zf)
+        return self
+
+    def field(self, states) -> np.ndarray:
+        Z, single = check_patterns(states, self.dim, "states")
+        F = Z.astype(self.dtype) @ self._W.T
+        return F[0] if single else F
+
+    def energy(self, states):
+        """E(s) = −½ sᵀΨs per state (float64); a scalar for one state."""
+        Z, single = check_patterns(states, self.dim, "states")
+        Zd = Z.astype(np.float64)
+        E = -0.5 * np.einsum("nd,nd->n", Zd @ self._W.T.astype(np.float64), Zd)
+        return float(E[0]) if single else E
+
+    def stable(self, patterns):
+        """True where a pattern is a fixed point of one synchronous update sign(Ψz)."""
+        Z, single = check_patterns(patterns, self.dim)
+        ok = (dynamics.sign(Z.astype(self.dtype) @ self._W.T) == Z).all(axis=1)
+        return bool(ok[0]) if single else ok
+
+    def recall(self, cues, mode: str = "sync", max_sweeps: int = 100, clamp=None, seed=None,
+               return_sweeps: bool = False):
+        """Run the dynamics from each cue until a fixed point (or `max_sweeps`).
+
+        cues: (dim,) or (n, dim), ±1 or 0/1. mode: "sync" (all neurons at once) or "async"
+        (random order each sweep, drawn from `seed`). clamp: boolean (dim,) of positions held
+        at the cue's values. Returns int8 ±1 states of the cues' shape (and the sweeps used per
+        cue with return_sweeps=True).
+        """
+        S, single = check_patterns(cues, self.dim, "cues")
+        if mode not in ("sync", "async"):
+            raise ValueError(f"mode: expected 'sync' or 'async', got {mode!r}")
+        if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) or max_sweeps < 1:
+            raise ValueError(f"max_sweeps: expected an integer >= 1, got {max_sweeps!r}")
+        if clamp is None:
+            clamp = np.zeros(self.dim, bool)
+        else:
+            clamp = np.asarray(clamp)
+            if clamp.dtype != bool or clamp.shape != (self.dim,):
+                raise ValueError(f"clamp: expected a boolean array of shape ({self.dim},), "
+                                 f"got {clamp.dtype} {clamp.shape}")
+        S = S.copy()
+        if mode == "sync":
+            sweeps = dynamics.recall_sync(self._W, S, clamp, int(max_sweeps))
+        else:
+            sweeps = dynamics.recall_async(self._W, S, clamp, int(max_sweeps),
+                                           np.random.default_rng(seed))
+        out = S[0] if single else S
+        if return_sweeps:
+            return out, (int(sweeps[0]) if single else sweeps)
+        return out
+
+    # Archives (HDF5, see docs/ARCHIVE.md)
+    def save(self, path) -> None:
+        from supsup_hopfield.archive import save_memory
+
+        save_memory(path, self)
+
+    @classmethod
+    def load(cls, path) -> "HopfieldMemory":
+        from supsup_hopfield.archive import load_memory
+
+        return load_memory(path)

@@ -1,0 +1,258 @@
+"""Hopfield learning rules: how one ±1 pattern z changes the weight matrix Ψ (DESIGN.md §2).
+
+Each rule exists three times, and the tests hold them equal:
+
+* ``plain_update(rule, W, z)`` — the definition, written as directly as possible with full
+  d×d temporaries, one pattern at a time (the way the paper's public code does it). Reference.
+* ``_update_one`` — a Numba kernel for a single pattern: one pass to get the field Ψz, one pass
+  to update Ψ in place. Memory-bandwidth bound; used when only a few patterns arrive at once.
+* ``store_blocked`` — exact blocked insertion for many patterns. Over a block of b patterns the
+  pending change is low rank, so Ψ is written once per block with one matrix product (GEMM):
+  b bandwidth-bound passes become one compute-bound pass, about 6·d² flops per pattern.
+
+The rules, for z ∈ {−1,+1}^d and field f = Ψz:
+
+    hebbian        Ψ += (z zᵀ − I)/d
+    storkey-paper  Ψ += (z zᵀ − I − z fᵀ − f zᵀ)/d                  (the paper's simplified rule)
+    storkey        w_ij += (z_i z_j − z_i h_ji − h_ij z_j)/d,  h_ij = Σ_{k≠i,j} w_ik z_k,
+                   for every i, j including the diagonal (Storkey 1997)
+    projection     r = z − f;  Ψ += r rᵀ/(rᵀr)                      (incremental pseudo-inverse)
+
+For symmetric Ψ the Storkey-1997 rule has the closed form used by the fast paths (a = diag Ψ,
+g = f − a⊙z is the field without self-coupling):
+
+    Ψ ← (1 + 2/d)·Ψ − (2/d)·diag(a) + ((z − g)(z − g)ᵀ − g gᵀ)/d
+
+and the simplified rule is Ψ += ((z − f)(z − f)ᵀ − f fᵀ − I)/d. Both are a rank-2 change plus a
+diagonal (and, for Storkey, a scale), which is what makes them blockable.
+
+The projection rule skips a pattern whose residual is numerically zero (it is already a linear
+combination of the stored ones, hence already a fixed point): ‖r‖² ≤ tol·d with tol = 1e-4
+(float32) or 1e-10 (float64).
+"""
+import math
+
+import numba
+import numpy as np
+
+RULES = ("hebbian", "storkey-paper", "storkey", "projection")
+_RULE_ID = {name: i for i, name in enumerate(RULES)}
+
+
+def projection_tol(dtype) -> float:
+    return 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
+
+
+def theoretical_capacity(rule: str, d: int):
+    """Patterns a rule holds as fixed points by theory (random unbiased ±1 patterns), or None.
+
+    hebbian d/(2 ln d) and storkey d/sqrt(2 ln d) are the classical asymptotic results;
+    projection holds any d linearly independent patterns; the simplified rule has no
+    published closed form.
+    """
+    if rule == "hebbian":
+        return d / (2 * math.log(d))
+    if rule == "storkey":
+        return d / math.sqrt(2 * math.log(d))
+    if rule == "projection":
+        return float(d)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Plain per-pattern definitions (the reference; full-matrix temporaries)
+# --------------------------------------------------------------------------------------------
+def plain_update(rule: str, W: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Return Ψ after storing one ±1 pattern z, straight from the rule's definition."""
+    d = z.shape[0]
+    eye = np.eye(d, dtype=W.dtype)
+    if rule == "hebbian":
+        return W + (np.outer(z, z) - eye) / d
+    if rule == "storkey-paper":
+        h = W @ z
+        return W + (np.outer(z, z) - eye - np.outer(z, h) - np.outer(h, z)) / d
+    if rule == "storkey":
+        f = W @ z
+        a = np.diag(W)
+        # H[i, j] = h_ij = sum over k not in {i, j} of w_ik z_k
+        H = f[:, None] - (a * z)[:, None] - W * z[None, :]
+        np.fill_diagonal(H, f - a * z)
+        return W + (np.outer(z, z) - z[:, None] * H.T - H * z[None, :]) / d
+    if rule == "projection":
+        r = z - W @ z
+        rr = float(r @ r)
+        if rr <= projection_tol(W.dtype) * d:
+            return W
+        return W + np.outer(r, r) / rr
+    raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# 2. One pattern, in place: Numba kernel (two passes over Ψ)
+# --------------------------------------------------------------------------------------------
+@numba.njit(parallel=True, cache=True)
+def _update_one(W, z, rule_id, tol):
+    d = W.shape[0]
+    f = np.empty(d, dtype=W.dtype)
+    for i in numba.prange(d):  # pass 1: field f = Ψz
+        acc = 0.0
+        for j in range(d):
+            acc += W[i, j] * z[j]
+        f[i] = acc
+    # u uᵀ·su + v vᵀ·sv is the rank-2 change; c scales Ψ; e[i] is added to the diagonal.
+    u = np.empty(d, dtype=W.dtype)
+    v = np.empty(d, dtype=W.dtype)
+    e = np.zeros(d, dtype=W.dtype)
+    c = 1.0
+    su = 1.0 / d
+    sv = -1.0 / d
+    if rule_id == 1:  # storkey-paper
+        for i in range(d):
+            u[i] = z[i] - f[i]
+            v[i] = f[i]
+            e[i] = -1.0 / d
+    elif rule_id == 2:  # storkey
+        c = 1.0 + 2.0 / d
+        for i in range(d):
+            g = f[i] - W[i, i] * z[i]
+            u[i] = z[i] - g
+            v[i] = g
+            e[i] = -2.0 / d * W[i, i]
+    else:  # projection
+        rr = 0.0
+        for i in range(d):
+            u[i] = z[i] - f[i]
+            v[i] = 0.0
+            rr += float(u[i]) * float(u[i])
+        if rr <= tol * d:
+            return False
+        su = 1.0 / rr
+        sv = 0.0
+    for i in numba.prange(d):  # pass 2: Ψ ← cΨ + su·u uᵀ + sv·v vᵀ + diag(e)
+        ui = u[i] * su
+        vi = v[i] * sv
+        for j in range(d):
+            W[i, j] = c * W[i, j] + ui * u[j] + vi * v[j]
+        W[i, i] += e[i]
+    return True
+
+
+def update_one(rule: str, W: np.ndarray, z: np.ndarray) -> bool:
+    """Store one ±1 pattern (same dtype as W) into W in place; False if projection skipped it."""
+    if rule == "hebbian":  # rank one, no field needed
+        W += np.outer(z, z / W.shape[0])
+        W[np.diag_indices_from(W)] -= 1.0 / W.shape[0]
+        return True
+    return bool(_update_one(W, z, _RULE_ID[rule], projection_tol(W.dtype)))
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Many patterns: exact blocked insertion
+# --------------------------------------------------------------------------------------------
+def _apply_low_rank(W, A, B, sigma):
+    """W ← σ·(W + AᵀB) in place, AᵀB as one GEMM (A, B: (m, d))."""
+    if sigma != 1.0:
+        W *= sigma
+        A = A * sigma
+    W += A.T @ B
+
+
+def store_blocked(rule: str, W: np.ndarray, Z: np.ndarray, block: int = 256, inner: int = 32) -> int:
+    """Store the ±1 patterns Z (n, d), in order, into W in place; returns how many were stored.
+
+    Two levels: every `block` patterns W is written once (one GEMM of rank 2·block); inside a
+    block the fields of each run of `inner` patterns are corrected for the earlier runs with two
+    small GEMMs, and only the run's own terms are applied one by one (Numba, `_run`).
+    """
+    n, d = Z.shape
+    if rule == "hebbian":  # the sum of outer products is the whole story
+        for s in range(0, n, block):
+            Zb = Z[s:s + block]
+            G = Zb.T @ Zb  # integer sums, exact
+            G /= d  # one rounding
+            W += G
+            W[np.diag_indices_from(W)] -= len(Zb) / d
+        return n
+    stored = 0
+    for s in range(0, n, block):
+        stored += _store_block(rule, W, np.ascontiguousarray(Z[s:s + block]), inner)
+    return stored
+
+
+def _store_block(rule, W, Z, inner):
+    """One block. Ψ_k = σ_k (Ψ0 + AᵀB + diag δ): Ψ0 = W is untouched until the block ends."""
+    b, d = Z.shape
+    dt = W.dtype
+    Q = Z @ W.T  # (b, d): Ψ0 z_k for every pattern of the block, one GEMM
+    A = np.zeros((2 * b, d), dt)  # pending low-rank change, up to two rows per pattern
+    B = np.zeros((2 * b, d), dt)
+    delta = np.zeros(d, np.float64)  # pending diagonal change
+    diag = np.diag(W).astype(np.float64)  # diag(Ψ0 + AᵀB + diag δ), kept up to date
+    c = 1.0 + 2.0 / d if rule == "storkey" else 1.0
+    m, sigma, stored = 0, 1.0, 0
+    for r0 in range(0, b, inner):
+        r1 = min(r0 + inner, b)
+        if m:  # correct this run's fields for the rows added by earlier runs: two GEMMs
+            Q[r0:r1] += (Z[r0:r1] @ B[:m].T) @ A[:m]
+        m, sigma, k = _run(_RULE_ID[rule], Z, Q, A, B, m, delta, diag, sigma, c,
+                           projection_tol(dt), r0, r1)
+        stored += k
+    if m:  # Ψ ← σ (Ψ0 + AᵀB + diag δ): one GEMM
+        W[np.diag_indices_from(W)] += delta.astype(dt)
+        _apply_low_rank(W, A[:m], B[:m], sigma)
+    return stored
+
+
+@numba.njit(cache=True)
+def _run(rule_id, Z, Q, A, B, m, delta, diag, sigma, c, tol, r0, r1):
+    """Store patterns r0..r1 of a block, given their fields corrected up to row m of A, B.
+    Appends their rows to A, B and updates delta, diag in place. Returns (m, σ, stored)."""
+    d = Z.shape[1]
+    m_run = m
+    stored = 0
+    f = np.empty(d)
+    for k in range(r0, r1):
+        for j in range(d):
+            f[j] = Q[k, j] + delta[j] * Z[k, j]
+        for r in range(m_run, m):  # rows added earlier in this run
+            coef = 0.0
+            for j in range(d):
+                coef += B[r, j] * Z[k, j]
+            for j in range(d):
+                f[j] += coef * A[r, j]
+        for j in range(d):
+            f[j] *= sigma  # now the field Ψ_k z_k
+        if rule_id == 3:  # projection: r = z − f, rows r/σ and r/rᵀr
+            rr = 0.0
+            for j in range(d):
+                rr += (Z[k, j] - f[j]) ** 2
+            if rr <= tol * d:
+                continue
+            for j in range(d):
+                rj = Z[k, j] - f[j]
+                A[m, j] = rj / sigma
+                B[m, j] = rj / rr
+                diag[j] += float(A[m, j]) * float(B[m, j])
+            m += 1
+        else:  # storkey-paper / storkey: rows u/σ', u/d and v/σ', −v/d; diagonal e
+            sigma_next = sigma * c
+            for j in range(d):
+                if rule_id == 1:
+                    v = f[j]
+                    e = -1.0 / d
+                else:
+                    a = sigma * diag[j]  # diag Ψ_k
+                    v = f[j] - a * Z[k, j]
+                    e = -2.0 / d * a
+                u = Z[k, j] - v
+                A[m, j] = u / sigma_next
+                B[m, j] = u / d
+                A[m + 1, j] = v / sigma_next
+                B[m + 1, j] = -v / d
+                delta[j] += e / sigma_next
+                diag[j] += (float(A[m, j]) * float(B[m, j]) + float(A[m + 1, j]) * float(B[m + 1, j])
+                            + e / sigma_next)
+            sigma = sigma_next
+            m += 2
+        stored += 1
+    return m, sigma, stored
