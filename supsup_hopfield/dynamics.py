@@ -3,7 +3,9 @@
 * synchronous: every neuron at once, s ← sign(Ψs), batched over cues with one matrix product;
 * asynchronous: one neuron at a time in a fresh random order each sweep. The Numba kernel keeps
   the field Ψs up to date incrementally (O(d) per flipped neuron instead of O(d) per visited
-  neuron); ``plain_async`` is the obvious per-neuron loop, kept as the reference.
+  neuron); ``plain_async`` is the obvious per-neuron loop, kept as the reference. Every rule
+  builds a symmetric Ψ (exactly so in real arithmetic, to the last bit or so in floating point),
+  so when neuron j flips the kernel adds row j, contiguous in memory, as the column it equals.
 
 The field includes the diagonal of Ψ for every rule. Positions where `clamp` is True are never
 updated (content-addressed recall from a partial cue). Both stop at the first sweep that changes
@@ -37,7 +39,7 @@ def recall_sync(W, S, clamp, max_sweeps):
 
 
 @numba.njit(cache=True)
-def _async_sweeps(WT, s, field, free, orders):
+def _async_sweeps(W, s, field, free, orders):
     """Run sweeps (one row of `orders` each) on one state; returns (sweeps run, converged)."""
     d = s.shape[0]
     for t in range(orders.shape[0]):
@@ -48,7 +50,7 @@ def _async_sweeps(WT, s, field, free, orders):
             new = 1 if field[idx] >= 0.0 else -1
             if new != s[idx]:
                 step = 2.0 * new
-                col = WT[idx]  # column idx of Ψ, contiguous in Ψᵀ
+                col = W[idx]  # = column idx: Ψ is symmetric (see module docstring)
                 for i in range(d):
                     field[i] += step * col[i]
                 s[idx] = new
@@ -61,18 +63,17 @@ def _async_sweeps(WT, s, field, free, orders):
 def recall_async(W, S, clamp, max_sweeps, rng, chunk=4):
     """Asynchronous recall of the ±1 int8 states S (n, d) in place; returns sweeps per cue."""
     n, d = S.shape
-    WT = np.ascontiguousarray(W.T)
     free = ~clamp
     sweeps = np.zeros(n, np.int64)
     base = np.arange(d)
-    fields = S.astype(np.float64) @ W.astype(np.float64).T  # (n, d), one GEMM
+    fields = (S.astype(W.dtype) @ W.T).astype(np.float64)  # (n, d), one GEMM
     for c in range(n):
         s = S[c]
         field = fields[c]
         while sweeps[c] < max_sweeps:
             k = min(chunk, max_sweeps - sweeps[c])
             orders = rng.permuted(np.broadcast_to(base, (k, d)), axis=1)
-            ran, done = _async_sweeps(WT, s, field, free, orders)
+            ran, done = _async_sweeps(W, s, field, free, orders)
             sweeps[c] += ran
             if done:
                 break

@@ -91,6 +91,8 @@ class HopfieldMemory:
         mem = cls(w.shape[0], rule, w.dtype)
         if not np.isfinite(w).all():
             raise ValueError("weights: contain NaN or infinity")
+        if not np.allclose(w, w.T, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(w).max()))):
+            raise ValueError("weights: expected a symmetric matrix (every rule builds one)")
         if int(n_stored) < 0:
             raise ValueError(f"n_stored: expected >= 0, got {n_stored}")
         mem._W = np.array(w, dtype=mem.dtype, order="C")
