@@ -1,0 +1,77 @@
+"""`supsup-hf storage-report`: compare what storing the masks costs in each format (DESIGN.md §3)."""
+import json
+
+import click
+
+from compression import report as rep
+from supsup_hopfield.errors import UserError
+
+
+def _shape(ctx, param, value):
+    parts = value.split(",")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(parts) not in (1, 2) or not dims or any(d < 1 for d in dims):
+        raise click.BadParameter(f"expected R,C of positive integers (e.g. 300,784), got {value!r}")
+    return dims
+
+
+def _masks_from_archive(path, layer):
+    """Masks (tasks, *layer_shape) of one layer of an HDF5 archive, and no bases.
+
+    Reads `supsup_hopfield.archive.read_archive(path).masks` (layer -> bool (tasks, *shape)).
+    Bases for `delta` (the seeded initial masks) are not rebuilt from archives yet.
+    """
+    try:
+        from supsup_hopfield import archive
+    except ImportError:
+        archive = None
+    read = getattr(archive, "read_archive", None)
+    if read is None:
+        raise UserError(f"reading masks from archive {path} needs supsup_hopfield.archive.read_archive,"
+                        " which this build lacks; use --synthetic")
+    masks = read(path).masks
+    if not masks:
+        raise UserError(f"archive {path} holds no explicit masks; write it with its masks kept, or use --synthetic")
+    names = sorted(masks)
+    if layer is None and len(names) > 1:
+        raise UserError(f"archive {path} holds masks of layers {names}; pick one with --layer")
+    layer = names[0] if layer is None else layer
+    if layer not in masks:
+        raise UserError(f"--layer: expected one of {names}, got {layer!r}")
+    return masks[layer], None
+
+
+@click.command("storage-report")
+@click.argument("archive", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--synthetic", is_flag=True, help="Use random masks instead of an ARCHIVE.")
+@click.option("--tasks", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Synthetic: number of masks.")
+@click.option("--shape", default="300,784", show_default=True, callback=_shape,
+              help="Synthetic: mask shape R,C.")
+@click.option("--density", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Synthetic: fraction of ones in each (base) mask.")
+@click.option("--flips", type=click.FloatRange(0, 1), default=None,
+              help="Synthetic: each mask is a random base with this fraction of bits flipped (enables delta).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic: random seed.")
+@click.option("--hopfield-dim", type=click.IntRange(min=2), default=None,
+              help="Entries per Hopfield memory block [default: min(entries, 2048)].")
+@click.option("--layer", default=None, help="ARCHIVE: which layer's masks (needed when it holds several).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write a PNG of total bytes and Hopfield exactness against number of tasks.")
+def storage_report(archive, synthetic, tasks, shape, density, flips, seed, hopfield_dim, layer, as_json, plot):
+    """Compare storing masks as csc16, bitpack, entropy, delta and in Hopfield memories."""
+    if synthetic == (archive is not None):
+        raise UserError("storage-report: expected either --synthetic or an ARCHIVE path, got "
+                        + ("both" if synthetic else "neither") + "; pass exactly one")
+    if synthetic:
+        masks, bases = rep.synthetic_masks(tasks, shape, density, flips=flips, seed=seed)
+    else:
+        masks, bases = _masks_from_archive(archive, layer)
+    report = rep.storage_report(masks, bases, hopfield_dim=hopfield_dim, curve_points=10 if plot else 1)
+    if plot:
+        rep.plot_storage(report, plot)
+    click.echo(json.dumps(report, indent=2) if as_json else rep.format_table(report))

@@ -1,0 +1,161 @@
+"""Mask codecs: exact round trips, byte counts, rates against H(p), and damaged blobs."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compression.codecs import CODECS, CSC16_MAX_ROWS, check_mask, codec_of, csc16_nbytes, decode, entropy_bits
+
+SHAPES = [(), (0,), (1,), (7,), (13,), (64,), (0, 5), (5, 0), (3, 7), (9, 13), (30, 78), (2, 3, 5)]
+DENSITIES = [0.0, 1.0, 0.01, 0.5, 0.99]
+
+
+def _mask(rng, shape, p):
+    return rng.random(shape) < p
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=st.sampled_from(SHAPES),
+       p=st.one_of(st.sampled_from(DENSITIES), st.floats(0, 1)),
+       q=st.sampled_from([0.0, 0.13, 0.5, 1.0]),
+       seed=st.integers(0, 2**32 - 1))
+def test_every_codec_round_trips_exactly(shape, p, q, seed):
+    rng = np.random.default_rng(seed)
+    mask = _mask(rng, shape, p)
+    base = mask ^ _mask(rng, shape, q)
+    for name, codec in CODECS.items():
+        blob = codec.encode(mask, base=base)
+        assert isinstance(blob, bytes)
+        assert codec_of(blob) == name
+        out = codec.decode(blob, base=base)
+        assert out.dtype == np.bool_ and out.shape == mask.shape, name
+        assert np.array_equal(out, mask), name
+        assert np.array_equal(decode(blob, base=base), mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(0, 40), cols=st.integers(0, 40), p=st.sampled_from(DENSITIES),
+       seed=st.integers(0, 2**32 - 1))
+def test_csc16_and_bitpack_byte_counts_match_their_formulas(rows, cols, p, seed):
+    mask = _mask(np.random.default_rng(seed), (rows, cols), p)
+    nnz = int(mask.sum())
+    assert len(CODECS["csc16"].encode(mask)) == csc16_nbytes(mask.shape, nnz) == 6 + 8 + 4 * (cols + 1) + 2 * nnz
+    assert len(CODECS["bitpack"].encode(mask)) == 6 + 8 + math.ceil(rows * cols / 8)
+
+
+def test_csc16_one_dimensional_mask_is_one_column_and_row_limit_is_enforced():
+    mask = np.zeros(CSC16_MAX_ROWS, bool)
+    mask[[0, 1, CSC16_MAX_ROWS - 1]] = True
+    blob = CODECS["csc16"].encode(mask)
+    assert len(blob) == 6 + 4 + 4 * 2 + 2 * 3
+    assert np.array_equal(CODECS["csc16"].decode(blob), mask)
+    with pytest.raises(ValueError, match="at most 65536 rows per column, got 65537"):
+        CODECS["csc16"].encode(np.zeros(CSC16_MAX_ROWS + 1, bool))
+    # a 2-D mask with long columns is fine once transposed to short ones
+    assert CODECS["csc16"].encode(np.zeros((3, CSC16_MAX_ROWS + 1), bool))
+
+
+@pytest.mark.parametrize("name", ["entropy", "delta"])
+@pytest.mark.parametrize("fill", [False, True])
+def test_constant_masks_have_an_empty_entropy_payload(name, fill):
+    mask = np.full((300, 784), fill)
+    base = np.zeros_like(mask)
+    blob = CODECS[name].encode(mask, base=base)
+    assert len(blob) == 6 + 8 + 12  # header + n_ones + n_words, no stream
+    assert np.array_equal(CODECS[name].decode(blob, base=base), mask)
+
+
+@pytest.mark.parametrize("p", [0.01, 0.05, 0.13, 0.5, 0.99])
+def test_entropy_codec_is_within_2_percent_of_h(p):
+    mask = _mask(np.random.default_rng(1), (300, 784), p)
+    blob = CODECS["entropy"].encode(mask)
+    header = 6 + 8 + 12
+    h = entropy_bits(mask.mean())
+    assert 8 * (len(blob) - header) <= 1.02 * h * mask.size
+    assert header < 64
+
+
+def test_delta_codes_13_percent_flips_near_h():
+    rng = np.random.default_rng(2)
+    base = _mask(rng, (300, 784), 0.5)
+    mask = base ^ _mask(rng, base.shape, 0.13)
+    blob = CODECS["delta"].encode(mask, base=base)
+    assert 8 * len(blob) / mask.size <= 1.02 * entropy_bits(0.13)
+    assert np.array_equal(CODECS["delta"].decode(blob, base=base), mask)
+
+
+def test_integer_zero_one_masks_are_accepted_and_others_rejected():
+    m = np.array([[0, 1, 1], [1, 0, 0]], dtype=np.uint8)
+    for codec in CODECS.values():
+        assert np.array_equal(codec.decode(codec.encode(m, base=m), base=m), m.astype(bool))
+    with pytest.raises(ValueError, match="expected a bool array"):
+        CODECS["bitpack"].encode(np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="expected a bool array"):
+        check_mask(np.array([0, 2]))
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_every_truncation_raises_value_error(name):
+    rng = np.random.default_rng(3)
+    mask = _mask(rng, (20, 30), 0.3)
+    base = _mask(rng, mask.shape, 0.5)
+    blob = CODECS[name].encode(mask, base=base)
+    for cut in range(len(blob)):
+        with pytest.raises(ValueError, match=f"^{name}: .*(truncated|corrupt)"):
+            CODECS[name].decode(blob[:cut], base=base)
+    with pytest.raises(ValueError, match="corrupt"):
+        CODECS[name].decode(blob + b"\0\0\0\0", base=base)
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_wrong_magic_and_version_raise_value_error(name):
+    mask = np.eye(4, dtype=bool)
+    other = "bitpack" if name != "bitpack" else "csc16"
+    blob = CODECS[other].encode(mask, base=mask)
+    with pytest.raises(ValueError, match=f"expected magic .*; decode it with CODECS\\['{other}'\\]"):
+        CODECS[name].decode(blob, base=mask)
+    mine = bytearray(CODECS[name].encode(mask, base=mask))
+    mine[4] = 99
+    with pytest.raises(ValueError, match="version 99 unsupported"):
+        CODECS[name].decode(bytes(mine), base=mask)
+    with pytest.raises(ValueError, match="not a mask blob"):
+        CODECS[name].decode(b"JUNK" + bytes(mine[4:]), base=mask)
+    with pytest.raises(ValueError, match="not a mask blob"):
+        decode(b"JUNK")
+
+
+def test_damaged_entropy_stream_never_decodes_silently_to_a_wrong_shape_or_crashes():
+    rng = np.random.default_rng(4)
+    mask = _mask(rng, (30, 78), 0.2)
+    blob = CODECS["entropy"].encode(mask)
+    for _ in range(50):
+        bad = bytearray(blob)
+        j = int(rng.integers(26, len(bad)))
+        bad[j] ^= 1 << int(rng.integers(8))
+        try:
+            out = CODECS["entropy"].decode(bytes(bad))
+        except ValueError:
+            continue
+        assert out.shape == mask.shape
+
+
+def test_delta_needs_a_matching_base():
+    mask = np.eye(5, dtype=bool)
+    with pytest.raises(ValueError, match=r"delta: expected a base mask of shape \(5, 5\), got none"):
+        CODECS["delta"].encode(mask)
+    blob = CODECS["delta"].encode(mask, base=mask)
+    with pytest.raises(ValueError, match=r"expected a base mask of shape \(5, 5\), got \(4, 5\)"):
+        CODECS["delta"].decode(blob, base=mask[:4])
+    with pytest.raises(ValueError, match="got none"):
+        CODECS["delta"].decode(blob)
+
+
+def test_entropy_bits():
+    assert entropy_bits(0) == 0 and entropy_bits(1) == 0
+    assert entropy_bits(0.5) == pytest.approx(1.0)
+    assert entropy_bits(0.13) == pytest.approx(0.557438, abs=1e-6)
+    np.testing.assert_allclose(entropy_bits(np.array([0.1, 0.9])), entropy_bits(0.1))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        entropy_bits(1.5)
