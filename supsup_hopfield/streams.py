@@ -1,0 +1,239 @@
+"""Task streams: PermutedMNIST, RotatedMNIST, SplitMNIST and their Fashion-MNIST twins
+(Wortsman et al. 2020, §4.1 and Appendix; DESIGN.md §4).
+
+Every task is fixed by (stream seed, task index) alone, computed in the main process, so any task
+can be rebuilt without replaying the ones before it:
+
+- permuted-*: task i applies the pixel permutation `numpy.random.default_rng([seed, i])
+  .permutation(784)`. Every task is permuted, the first one included (as in the paper's code);
+  no task is the identity.
+- rotated-*: task i rotates every image counter-clockwise by the angle
+  `numpy.random.default_rng([seed, i]).uniform(0, 180)` degrees (bilinear, zero fill). The whole
+  uint8 dataset is rotated once per task with a batched `grid_sample` on the device and cached
+  (the last `cache_tasks` rotated tasks are kept).
+- split-*: 5 tasks; task i holds classes (2i, 2i+1). Labels keep their ORIGINAL values 0..9 by
+  default, as the paper's code does (one shared 10-way output); `relabel=True` maps them to 0/1.
+  The seed is unused (the split is fixed).
+
+Batches are gathered on the device from the uint8 tensor and normalised there: no per-sample
+Python transform, no DataLoader. Training batches are random (a fresh permutation of the training
+set per epoch, drawn from the caller's `torch.Generator`; the last incomplete batch of an epoch is
+dropped so every batch has `batch_size` rows).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Optional, Tuple
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from supsup_hopfield.data import Dataset, load_dataset
+from supsup_hopfield.errors import UserError
+
+KINDS = ("permuted", "rotated", "split")
+STREAMS = tuple(f"{k}-{d}" for d in ("mnist", "fashion-mnist") for k in KINDS)
+N_PIXELS = 784
+SPLIT_TASKS = 5
+
+
+def parse_stream_name(name: str) -> Tuple[str, str]:
+    """'permuted-fashion-mnist' -> ('permuted', 'fashion-mnist')."""
+    if name not in STREAMS:
+        raise UserError(f"stream: expected one of {', '.join(STREAMS)}, got {name!r}; pick one of those")
+    kind, dataset = name.split("-", 1)
+    return kind, dataset
+
+
+def task_permutation(seed: int, task_index: int) -> np.ndarray:
+    """The pixel permutation of permuted task `task_index` (int64, length 784)."""
+    return np.random.default_rng([seed, task_index]).permutation(N_PIXELS)
+
+
+def task_angle(seed: int, task_index: int) -> float:
+    """The rotation angle in degrees, in [0, 180), of rotated task `task_index`."""
+    return float(np.random.default_rng([seed, task_index]).uniform(0.0, 180.0))
+
+
+def split_classes(task_index: int) -> Tuple[int, int]:
+    """The two original classes of split task `task_index`."""
+    return 2 * task_index, 2 * task_index + 1
+
+
+def rotate_images(images: torch.Tensor, angle: float, chunk: int = 8192) -> torch.Tensor:
+    """Rotate uint8 images (N, 28, 28) counter-clockwise by `angle` degrees on their device.
+
+    One batched affine `grid_sample` (bilinear, zeros outside) per chunk of `chunk` images;
+    the result is rounded back to uint8.
+    """
+    n, h, w = images.shape
+    a = math.radians(angle)
+    # Output pixel p samples the input at R^-1 p; with y pointing down, a counter-clockwise turn
+    # on screen has R^-1 = [[cos, -sin], [sin, cos]] in affine_grid's normalised coordinates.
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
+                         dtype=torch.float32, device=images.device)
+    out = torch.empty_like(images)
+    for start in range(0, n, chunk):
+        block = images[start:start + chunk].unsqueeze(1).float()  # (b, 1, 28, 28)
+        grid = F.affine_grid(theta.expand(block.shape[0], 2, 3), list(block.shape), align_corners=False)
+        rotated = F.grid_sample(block, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[start:start + chunk] = rotated.squeeze(1).round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+class Task:
+    """One task: uint8 images (N, 784) and labels on the device, plus an optional pixel
+    permutation applied at gather time.
+
+    `batches(batch_size, generator)` yields endless random training batches;
+    `test_batches(batch_size)` walks the test set once, in order.
+    Both yield (x float32 (B, 784) normalised, y int64 (B,)).
+    """
+
+    def __init__(self, index, kind, train_x, train_y, test_x, test_y, mean, std,
+                 permutation: Optional[torch.Tensor] = None, description: Optional[dict] = None):
+        self.index = index
+        self.kind = kind
+        self._train_x, self._train_y = train_x, train_y  # (N, 784) uint8, (N,) int64
+        self._test_x, self._test_y = test_x, test_y
+        self._perm = permutation  # (784,) int64 on the device, or None
+        self._scale = 1.0 / (255.0 * std)  # x = u8 * scale - shift == (u8/255 - mean)/std
+        self._shift = mean / std
+        self.description = dict(description or {})
+
+    @property
+    def n_train(self) -> int:
+        return self._train_x.shape[0]
+
+    @property
+    def n_test(self) -> int:
+        return self._test_x.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self._train_x.device
+
+    def _gather(self, x_u8: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
+        if rows is not None:
+            x_u8 = x_u8.index_select(0, rows)  # (B, 784)
+        if self._perm is not None:
+            x_u8 = x_u8.index_select(1, self._perm)  # (B, 784) permuted pixels
+        return x_u8.float().mul_(self._scale).sub_(self._shift)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Endless random training batches: one permutation of the training set per epoch."""
+        n = self.n_train
+        if not 1 <= batch_size <= n:
+            raise UserError(
+                f"batch size: expected 1..{n} (the task's training set), got {batch_size}; "
+                "pass a smaller --batch-size"
+            )
+        while True:
+            order = torch.randperm(n, generator=generator, device=generator.device)
+            if order.device != self.device:
+                order = order.to(self.device)
+            for start in range(0, n - batch_size + 1, batch_size):
+                rows = order[start:start + batch_size]
+                yield self._gather(self._train_x, rows), self._train_y.index_select(0, rows)
+
+    def test_batches(self, batch_size: int = 1000) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """The test set once, in order. A last batch of one row joins the previous batch, since
+        batch statistics (hopnet's BatchNorm) are undefined for one row."""
+        if batch_size < 1:
+            raise UserError(f"test batch size: expected at least 1, got {batch_size}; pass a positive size")
+        n = self.n_test
+        bounds = list(range(0, n, batch_size)) + [n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+            del bounds[-2]
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            yield self._gather(self._test_x[start:stop], None), self._test_y[start:stop]
+
+
+class TaskStream:
+    """A sequence of tasks over one dataset. `n_tasks` is None for an unbounded stream
+    (permuted/rotated without a limit); `task(i)` builds (or returns the cached) task i."""
+
+    def __init__(self, name: str, dataset: Dataset, seed: int = 0, n_tasks: Optional[int] = None,
+                 relabel: bool = False, cache_tasks: int = 2):
+        kind, data_name = parse_stream_name(name)
+        if data_name != dataset.name:
+            raise UserError(f"stream {name}: expected the {data_name} dataset, got {dataset.name}; "
+                            "load the matching dataset")
+        if kind == "split":
+            if n_tasks is None:
+                n_tasks = SPLIT_TASKS
+            if not 1 <= n_tasks <= SPLIT_TASKS:
+                raise UserError(f"stream {name}: expected 1..{SPLIT_TASKS} tasks, got {n_tasks}; "
+                                f"pass --tasks {SPLIT_TASKS} or fewer")
+        elif n_tasks is not None and n_tasks < 1:
+            raise UserError(f"stream {name}: expected at least 1 task, got {n_tasks}; pass --tasks 1 or more")
+        self.name, self.kind, self.dataset = name, kind, dataset
+        self.seed, self.n_tasks, self.relabel = int(seed), n_tasks, bool(relabel)
+        self._cache: "OrderedDict[int, Task]" = OrderedDict()
+        self._cache_size = max(1, cache_tasks) if kind == "rotated" else SPLIT_TASKS
+        d = dataset
+        self._train_x = d.train_images.reshape(-1, N_PIXELS)
+        self._test_x = d.test_images.reshape(-1, N_PIXELS)
+
+    def recipe(self) -> dict:
+        """What rebuilds this stream: store it beside the learned masks."""
+        return {"name": self.name, "seed": self.seed, "n_tasks": self.n_tasks, "relabel": self.relabel}
+
+    @property
+    def n_classes(self) -> int:
+        return 2 if (self.kind == "split" and self.relabel) else 10
+
+    def task(self, i: int) -> Task:
+        i = int(i)
+        if i < 0 or (self.n_tasks is not None and i >= self.n_tasks):
+            limit = "unbounded" if self.n_tasks is None else f"0..{self.n_tasks - 1}"
+            raise UserError(f"task index: expected {limit} for stream {self.name}, got {i}; "
+                            "pass a task index inside the stream")
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        task = self._build(i)
+        if self.kind != "permuted":  # permuted tasks are cheap views: never cached
+            self._cache[i] = task
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return task
+
+    def _build(self, i: int) -> Task:
+        d = self.dataset
+        common = dict(mean=d.mean, std=d.std)
+        if self.kind == "permuted":
+            perm_np = task_permutation(self.seed, i)
+            perm = torch.from_numpy(perm_np).to(d.device)
+            return Task(i, self.kind, self._train_x, d.train_labels, self._test_x, d.test_labels,
+                        permutation=perm, description={"permutation_seed": [self.seed, i]}, **common)
+        if self.kind == "rotated":
+            angle = task_angle(self.seed, i)
+            train = rotate_images(d.train_images, angle).reshape(-1, N_PIXELS)
+            test = rotate_images(d.test_images, angle).reshape(-1, N_PIXELS)
+            return Task(i, self.kind, train, d.train_labels, test, d.test_labels,
+                        description={"angle": angle}, **common)
+        classes = split_classes(i)
+
+        def subset(x, y):
+            rows = torch.nonzero((y == classes[0]) | (y == classes[1])).squeeze(1)
+            ys = y.index_select(0, rows)
+            return x.index_select(0, rows), (ys - classes[0] if self.relabel else ys)
+
+        train_x, train_y = subset(self._train_x, d.train_labels)
+        test_x, test_y = subset(self._test_x, d.test_labels)
+        return Task(i, self.kind, train_x, train_y, test_x, test_y,
+                    description={"classes": list(classes)}, **common)
+
+
+def make_stream(name: str, seed: int = 0, n_tasks: Optional[int] = None, data_dir=None,
+                download: bool = False, device="cpu", relabel: bool = False,
+                dataset: Optional[Dataset] = None) -> TaskStream:
+    """Build stream `name` (see STREAMS), loading its dataset unless one is passed."""
+    kind, data_name = parse_stream_name(name)
+    if dataset is None:
+        dataset = load_dataset(data_name, data_dir=data_dir, download=download, device=device)
+    return TaskStream(name, dataset, seed=seed, n_tasks=n_tasks, relabel=relabel)
