@@ -1,0 +1,313 @@
+"""HDF5 archives: round trips, checksums, damaged files (truncated, flipped bytes), atomic writes,
+and `supsup-hf inspect` (docs/ARCHIVE.md)."""
+import hashlib
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli.main
+from supsup_hopfield import archive as A
+from supsup_hopfield.errors import ArchiveError, UserError
+from supsup_hopfield.memory import HopfieldMemory
+from supsup_hopfield.rules import RULES
+
+
+def pm(rng, n, d):
+    return np.where(rng.random((n, d)) < 0.5, 1, -1).astype(np.int8)
+
+
+def sample_archive(seed=0, dim=64, n=6) -> A.Archive:
+    """Two memories, masks of two shapes (sizes not multiples of 8), config and metrics."""
+    rng = np.random.default_rng(seed)
+    masks = {"layer0": rng.random((n, dim)) < 0.5, "layer1": rng.random((n, 3, 7)) < 0.3}
+    memories = {"layer0": HopfieldMemory(dim, "storkey").store(masks["layer0"]),
+                "layer1": HopfieldMemory(21, "projection", "float64").store(masks["layer1"].reshape(n, -1))}
+    per_task = [{"task": i, "accuracy": float(rng.random()), "seconds": np.float32(1.5),
+                 "mask_sha256": A.mask_sha256([masks["layer0"][i], masks["layer1"][i]])} for i in range(n)]
+    config = {"run": {"dataset": "permuted-fashion-mnist", "model": "hopnet", "widths": [dim, 21]},
+              "base_network": {"architecture": "hopnet", "widths": [dim, 21], "outputs": 10, "seed": 0,
+                               "init": "signed-constant"},
+              "stream": {"name": "permuted-fashion-mnist", "seed": 0}, "tasks": n, "note": "ünïcode"}
+    return A.Archive(memories=memories, masks=masks, config=config, per_task=per_task,
+                     evaluations=[{"scenario": "GNu", "accuracy": 0.5, "nan": float("nan")}])
+
+
+def assert_same(a: A.Archive, b: A.Archive):
+    assert list(a.memories) == list(b.memories)
+    for k in a.memories:
+        x, y = a.memories[k], b.memories[k]
+        assert (x.rule, x.n_stored, x.dim, x.dtype) == (y.rule, y.n_stored, y.dim, y.dtype)
+        assert x.weights.tobytes() == y.weights.tobytes()
+    assert (a.masks is None) == (b.masks is None)
+    if a.masks is not None:
+        assert list(a.masks) == list(b.masks)
+        for k in a.masks:
+            assert b.masks[k].dtype == bool and b.masks[k].shape == np.shape(a.masks[k])
+            assert np.array_equal(a.masks[k], b.masks[k])
+    norm = lambda v: json.loads(json.dumps(v, default=A._json_default))  # noqa: E731
+    assert json.dumps(norm(a.config), sort_keys=True) == json.dumps(b.config, sort_keys=True)
+    assert json.dumps(norm(a.per_task), sort_keys=True) == json.dumps(b.per_task, sort_keys=True)
+    assert json.dumps(norm(a.evaluations), sort_keys=True) == json.dumps(b.evaluations, sort_keys=True)  # NaN kept
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("arch") / "run.h5"
+    arc = sample_archive()
+    A.write_archive(path, arc)
+    return path, arc
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main.app, [str(a) for a in args])
+
+
+# ----------------------------------------------------------------------------- round trips
+
+def test_round_trip_every_rule_and_dtype(tmp_path):
+    rng = np.random.default_rng(1)
+    mems = {f"{rule}-{dt}": HopfieldMemory(24, rule, dt).store(pm(rng, 5, 24))
+            for rule in RULES for dt in ("float32", "float64")}
+    mems["empty"] = HopfieldMemory(8, "hebbian")  # nothing stored yet
+    arc = A.Archive(memories=mems)
+    A.write_archive(tmp_path / "a.h5", arc)
+    back = A.read_archive(tmp_path / "a.h5")
+    assert_same(arc, back)
+    assert back.masks is None
+    assert all(m.stable(pm(rng, 1, m.dim)) is not None for m in back.memories.values())
+    assert back.versions["supsup-hopfield"] and back.versions["h5py"] == h5py.__version__
+
+
+@pytest.mark.parametrize("shape", [(3, 13), (2, 3, 5), (4, 8), (1, 2, 2, 3), (0, 9), (2, 0), (5, 1)])
+def test_round_trip_masks_of_any_shape(tmp_path, shape):
+    rng = np.random.default_rng(2)
+    masks = {"a": rng.random(shape) < 0.5, "ones": np.ones(shape, bool), "zeros": np.zeros(shape, bool)}
+    arc = A.Archive(masks=masks, config={"x": [1, 2.5, None, True, "s"]}, per_task=[{"task": 0}])
+    A.write_archive(tmp_path / "m.h5", arc)
+    assert_same(arc, A.read_archive(tmp_path / "m.h5"))
+    assert A.read_header(tmp_path / "m.h5").masks == {k: shape for k in masks}
+
+
+def test_packed_rows_are_the_task_mask_sha256(saved):
+    path, arc = saved
+    with h5py.File(path, "r") as f:
+        for t, rec in enumerate(arc.per_task):
+            rows = b"".join(f["masks"][k][t].tobytes() for k in ("layer0", "layer1"))
+            assert hashlib.sha256(rows).hexdigest() == rec["mask_sha256"]
+    m = np.array([1, 0, 1, 1, 0, 0, 0, 0, 1], bool)  # -> bytes 0xB0 0x80
+    assert A.mask_sha256([m]) == hashlib.sha256(b"\xb0\x80").hexdigest()
+    assert A.mask_sha256([m[:8], np.ones((2, 2), int)]) == hashlib.sha256(b"\xb0\xf0").hexdigest()
+
+
+def test_header_and_single_memory(saved, tmp_path):
+    path, arc = saved
+    h = A.read_header(path)
+    assert h.schema_version == A.SCHEMA_VERSION == 1
+    assert h.memories["layer0"] == A.MemoryInfo("storkey", 64, 6, "float32")
+    assert h.memories["layer1"] == A.MemoryInfo("projection", 21, 6, "float64")
+    assert h.masks == {"layer0": (6, 64), "layer1": (6, 3, 7)}
+    assert [r["task"] for r in h.per_task] == list(range(6))
+
+    mem = arc.memories["layer0"]
+    mem.save(tmp_path / "one.h5")
+    back = HopfieldMemory.load(tmp_path / "one.h5")
+    assert back.weights.tobytes() == mem.weights.tobytes() and back.n_stored == mem.n_stored
+    assert A.load_memory(path, "layer1").rule == "projection"
+    with pytest.raises(UserError, match="holds 2 memories"):
+        A.load_memory(path)
+    with pytest.raises(UserError, match="no memory named 'nope'"):
+        A.load_memory(path, "nope")
+
+
+def test_bad_input_is_refused_before_writing(tmp_path):
+    p = tmp_path / "x.h5"
+    bad = [(A.Archive(masks={"a": np.full((2, 3), 2)}), "boolean"),
+           (A.Archive(masks={"a": np.zeros(3, bool)}), "tasks, \\*layer_shape"),
+           (A.Archive(masks={"a": np.zeros((2, 3), bool), "b": np.zeros((3, 3), bool)}), "same number of tasks"),
+           (A.Archive(masks={"a/b": np.zeros((2, 3), bool)}), "without '/'"),
+           (A.Archive(config={"f": open}), "config: value of type builtin_function_or_method"),
+           (A.Archive(memories={"m": object()}), "HopfieldMemory")]
+    for arc, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            A.write_archive(p, arc)
+    with pytest.raises(UserError, match="does not exist"):
+        A.write_archive(tmp_path / "no" / "x.h5", A.Archive())
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def raw_data_bytes(path) -> np.ndarray:
+    """Mask of the file's bytes that are dataset contents (the rest: HDF5 metadata)."""
+    is_data = np.zeros(os.path.getsize(path), bool)
+    with h5py.File(path, "r") as f:
+        def visit(_, obj):
+            if isinstance(obj, h5py.Dataset) and obj.id.get_offset() is not None:
+                start = obj.id.get_offset()
+                is_data[start:start + obj.id.get_storage_size()] = True
+        f.visititems(visit)
+    return is_data
+
+
+def test_truncated_or_flipped_files_load_identically_or_fail(saved, tmp_path):
+    path, arc = saved
+    data = path.read_bytes()
+    n = len(data)
+    rng = np.random.default_rng(1234)
+    is_data = raw_data_bytes(path)
+    meta = np.flatnonzero(~is_data)
+    assert 0.1 < is_data.mean() < 0.9  # both regions are really sampled
+    cuts = np.unique(np.linspace(1, n - 1, 20).astype(int) + rng.integers(-50, 50, 20)).clip(0, n - 1)
+    flips = np.concatenate([np.arange(0, 4), rng.choice(meta, 26, replace=False),  # header, metadata
+                            np.linspace(0, n - 1, 20).astype(int)])  # and everywhere
+    cases = [("cut", int(c), data[:c]) for c in cuts]
+    for off in flips:
+        d = bytearray(data)
+        d[off] ^= int(rng.integers(1, 256))
+        cases.append(("flip", int(off), bytes(d)))
+    assert len(cases) == 70
+    failed = 0
+    for kind, off, blob in cases:
+        p = tmp_path / f"{kind}{off}.h5"
+        p.write_bytes(blob)
+        try:
+            back = A.read_archive(p)
+        except ArchiveError as e:
+            failed += 1
+            assert str(e).startswith(f"{p}: ") and "\n" not in str(e)
+            r = invoke("inspect", p)
+            assert r.exit_code == 2 and r.stdout == "", (kind, off, r.output)
+            assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("Error: ")
+            continue
+        assert_same(arc, back)  # unused bytes: the same data, never different data
+    assert failed >= 40  # nearly every damage is detected rather than harmless
+
+
+def test_not_hdf5_and_not_an_archive(saved, tmp_path):
+    p = tmp_path / "text.h5"
+    p.write_text("hello\n")
+    with pytest.raises(ArchiveError, match="text.h5: not an HDF5 file; "):
+        A.read_archive(p)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(ArchiveError, match="not a supsup-hopfield archive"):
+        A.read_header(tmp_path / "other.h5")
+    with pytest.raises(ArchiveError, match="no such file"):
+        A.read_archive(tmp_path / "missing.h5")
+    (tmp_path / "cut.h5").write_bytes(saved[0].read_bytes()[:5000])
+    with pytest.raises(ArchiveError, match="cut.h5: the file is truncated"):
+        A.read_archive(tmp_path / "cut.h5")
+
+
+def test_newer_schema_and_unknown_encoding(tmp_path, monkeypatch):
+    monkeypatch.setitem(A._WRITE_VERSION, A.ARCHIVE_TYPE, "2")
+    A.write_archive(tmp_path / "new.h5", sample_archive(n=2))
+    with pytest.raises(ArchiveError, match=r"schema version 2 is newer than this package reads \(1\); upgrade"):
+        A.read_archive(tmp_path / "new.h5")
+    monkeypatch.setitem(A._WRITE_VERSION, A.ARCHIVE_TYPE, "1")
+    monkeypatch.setitem(A._WRITE_VERSION, "hopfield-memory", "7")
+    A.write_archive(tmp_path / "mem7.h5", sample_archive(n=2))
+    with pytest.raises(ArchiveError, match="/memory/layer0 has encoding 'hopfield-memory' version '7', "
+                                           "this package reads versions 1; upgrade supsup-hopfield"):
+        A.read_archive(tmp_path / "mem7.h5")
+
+
+def copy_of(saved, tmp_path, name):
+    p = tmp_path / name
+    p.write_bytes(saved[0].read_bytes())
+    return p
+
+
+def test_missing_misshaped_and_tampered_objects(saved, tmp_path):
+    p = copy_of(saved, tmp_path, "missing.h5")
+    with h5py.File(p, "r+") as f:
+        del f["memory/layer0/weights"]
+    with pytest.raises(ArchiveError, match="missing dataset /memory/layer0/weights"):
+        A.read_archive(p)
+
+    p = copy_of(saved, tmp_path, "shape.h5")
+    with h5py.File(p, "r+") as f:  # same attributes (checksums included), wrong shape
+        attrs = dict(f["memory/layer0/weights"].attrs)
+        del f["memory/layer0/weights"]
+        ds = f.create_dataset("memory/layer0/weights", data=np.zeros((32, 64), "<f4"))
+        ds.attrs.update(attrs)
+    with pytest.raises(ArchiveError, match=r"weights has shape \(32, 64\), expected \(64, 64\)"):
+        A.read_archive(p)
+
+    p = copy_of(saved, tmp_path, "data.h5")
+    with h5py.File(p, "r+") as f:
+        f["memory/layer0/weights"][3, 4] += 1
+    with pytest.raises(ArchiveError, match="checksum mismatch in the data of /memory/layer0/weights; "):
+        A.read_archive(p)
+    A.read_header(p, verify=False)  # attributes only: still readable
+    with pytest.raises(ArchiveError, match="checksum mismatch"):
+        A.read_header(p)
+
+    p = copy_of(saved, tmp_path, "attr.h5")
+    with h5py.File(p, "r+") as f:
+        f["memory/layer0"].attrs["n-stored"] = np.int64(7)
+    with pytest.raises(ArchiveError, match="checksum mismatch in the attributes of /memory/layer0"):
+        A.read_header(p, verify=False)
+
+    p = copy_of(saved, tmp_path, "json.h5")
+    with h5py.File(p, "r+") as f:
+        text = f["per_task"][()].replace(b'"task":0', b'"task":9')
+        attrs = dict(f["per_task"].attrs)
+        del f["per_task"]
+        f.create_dataset("per_task", data=np.bytes_(text)).attrs.update(attrs)
+    with pytest.raises(ArchiveError, match="checksum mismatch in the data of /per_task"):
+        A.read_header(p, verify=False)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def test_interrupted_write_keeps_the_old_file(saved, tmp_path, monkeypatch):
+    p = copy_of(saved, tmp_path, "run.h5")
+    before, listing = p.read_bytes(), sorted(os.listdir(tmp_path))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(A._Writer, "masks", boom)  # after the memories are written
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        A.write_archive(p, sample_archive(seed=5))
+    with pytest.raises(RuntimeError):
+        A.write_archive(tmp_path / "new.h5", sample_archive(seed=5))
+    monkeypatch.undo()
+    monkeypatch.setattr(A.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(UserError, match="cannot write the archive .*No space left"):
+        A.write_archive(p, sample_archive(seed=5))
+    assert p.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == listing  # no temporary left behind
+    monkeypatch.undo()
+    A.write_archive(p, sample_archive(seed=5))  # a finished write replaces it
+    assert_same(sample_archive(seed=5), A.read_archive(p))
+
+
+# ----------------------------------------------------------------------------- inspect
+
+def test_inspect_text_and_json(saved):
+    path, arc = saved
+    r = invoke("inspect", path)
+    assert r.exit_code == 0, r.output
+    for text in ("schema version  1", "tasks finished  6", "permuted-fashion-mnist", "hopnet",
+                 "storkey", "projection", "mask_sha256", arc.per_task[0]["mask_sha256"][:16]):
+        assert text in r.stdout
+    r = invoke("inspect", path, "--json")
+    s = json.loads(r.stdout)
+    assert s["schema_version"] == 1 and s["tasks"] == 6 and s["dataset"] == "permuted-fashion-mnist"
+    assert s["model"] == "hopnet"
+    assert s["memory"]["layer0"] == {"rule": "storkey", "dim": 64, "n_stored": 6, "dtype": "float32"}
+    assert [t["mask_sha256"] for t in s["per_task"]] == [t["mask_sha256"] for t in arc.per_task]
+    assert {"task", "accuracy"} <= set(s["per_task"][0]) and s["evaluations"][0]["scenario"] == "GNu"
+
+
+def test_inspect_bad_files_one_line_exit_2(tmp_path):
+    (tmp_path / "t.h5").write_text("not hdf5")
+    for p in (tmp_path / "t.h5", tmp_path / "missing.h5"):
+        r = invoke("inspect", p)
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
