@@ -19,29 +19,26 @@ def _shape(ctx, param, value):
 
 
 def _masks_from_archive(path, layer):
-    """Masks (tasks, *layer_shape) of one layer of an HDF5 archive, and no bases.
+    """One layer's masks (tasks, *layer_shape) from an archive, and the seeded initial masks of
+    the run's tasks as bases for `delta` (rebuilt from the archive's config)."""
+    from supsup_hopfield.archive import read_archive
+    from supsup_hopfield.run import initial_masks
 
-    Reads `supsup_hopfield.archive.read_archive(path).masks` (layer -> bool (tasks, *shape)).
-    Bases for `delta` (the seeded initial masks) are not rebuilt from archives yet.
-    """
-    try:
-        from supsup_hopfield import archive
-    except ImportError:
-        archive = None
-    read = getattr(archive, "read_archive", None)
-    if read is None:
-        raise UserError(f"reading masks from archive {path} needs supsup_hopfield.archive.read_archive,"
-                        " which this build lacks; use --synthetic")
-    masks = read(path).masks
-    if not masks:
-        raise UserError(f"archive {path} holds no explicit masks; write it with its masks kept, or use --synthetic")
-    names = sorted(masks)
+    archive = read_archive(path)
+    if not archive.masks:
+        raise UserError(f"{path}: holds no explicit masks (trained with --no-keep-masks); "
+                        "use --synthetic or an archive with masks")
+    names = sorted(archive.masks)
     if layer is None and len(names) > 1:
-        raise UserError(f"archive {path} holds masks of layers {names}; pick one with --layer")
+        raise UserError(f"{path}: holds masks of layers {', '.join(names)}; pick one with --layer")
     layer = names[0] if layer is None else layer
-    if layer not in masks:
-        raise UserError(f"--layer: expected one of {names}, got {layer!r}")
-    return masks[layer], None
+    if layer not in archive.masks:
+        raise UserError(f"--layer: expected one of {', '.join(names)}, got {layer!r}")
+    masks = archive.masks[layer]
+    bases = None
+    if "run" in archive.config and layer.startswith("layer"):
+        bases = initial_masks(archive.config, int(layer[5:]), len(masks))
+    return masks, bases
 
 
 @click.command("storage-report")

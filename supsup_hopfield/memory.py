@@ -66,6 +66,15 @@ def check_patterns(x, dim: int, name: str = "patterns"):
     raise ValueError(f"{name}: expected only ±1 values or a 0/1 mask, found {shown}")
 
 
+def block_edges(length: int, block: int) -> list[int]:
+    """Edges [0, b, 2b, ..., length] cutting a mask of `length` entries into memories of at most
+    `block` entries; a 1-entry remainder joins the block before it (a memory needs dim >= 2)."""
+    edges = list(range(0, length, block)) + [length]
+    if len(edges) > 2 and edges[-1] - edges[-2] == 1:
+        del edges[-2]
+    return edges
+
+
 class HopfieldMemory:
     """A d×d Hopfield memory with one of the rules `hebbian`, `storkey-paper`, `storkey`,
     `projection`. Patterns are stored in order, one at a time by definition (the fast paths are

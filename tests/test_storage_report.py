@@ -160,27 +160,26 @@ def test_cli_bad_input_is_one_line_exit_2(args, match):
     assert len(lines) == 1 and match in lines[0]
 
 
-def test_cli_archive_hook(tmp_path, monkeypatch):
+def test_cli_reads_an_archive(tmp_path):
+    from supsup_hopfield.archive import Archive, write_archive
+
     path = tmp_path / "run.h5"
-    path.write_bytes(b"not really hdf5")
-    monkeypatch.setitem(sys.modules, "supsup_hopfield.archive", types.ModuleType("supsup_hopfield.archive"))
-    result = _run([str(path)])
-    assert result.exit_code == 2 and "needs supsup_hopfield.archive.read_archive" in result.output
+    layers = {"fc1": np.eye(4, dtype=bool)[None].repeat(3, 0), "fc2": np.ones((3, 6), bool)}
+    write_archive(path, Archive(masks=layers))
     result = _run([str(path), "--synthetic"])
     assert result.exit_code == 2 and "got both" in result.output
-
-    fake = types.ModuleType("supsup_hopfield.archive")
-    layers = {"fc1": np.eye(4, dtype=bool)[None].repeat(3, 0), "fc2": np.ones((3, 6), bool)}
-    fake.read_archive = lambda p: types.SimpleNamespace(masks=layers)
-    monkeypatch.setitem(sys.modules, "supsup_hopfield.archive", fake)
     result = _run([str(path), "--json"])
     assert result.exit_code == 2 and "pick one with --layer" in result.output
     result = _run([str(path), "--layer", "fc3"])
-    assert result.exit_code == 2 and "--layer: expected one of ['fc1', 'fc2'], got 'fc3'" in result.output
+    assert result.exit_code == 2 and "--layer: expected one of fc1, fc2, got 'fc3'" in result.output
     result = _run([str(path), "--layer", "fc2", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["tasks"] == 3 and report["entries_per_mask"] == 6
-    fake.read_archive = lambda p: types.SimpleNamespace(masks=None)
+    assert all(f["exact_fraction"] == 1.0 for f in report["formats"] if f["name"] != "hopfield")
+    write_archive(path, Archive(masks=None))
     result = _run([str(path)])
     assert result.exit_code == 2 and "holds no explicit masks" in result.output
+    path.write_bytes(b"not really hdf5")
+    result = _run([str(path)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1

@@ -1,0 +1,4 @@
+"""`python -m cli` runs `supsup-hf`."""
+from cli.main import main
+
+main()

@@ -1,0 +1,144 @@
+"""`supsup-hf train`: learn one supermask per task and feed them into the Hopfield memory."""
+import sys
+
+import click
+
+from supsup_hopfield.basenet import ARCHITECTURES
+from supsup_hopfield.rules import RULES
+from supsup_hopfield.streams import STREAMS
+from supsup_hopfield.training import DEVICES, OPTIMIZERS
+
+def _widths(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(w) for w in value.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise click.BadParameter(f"expected positive integers separated by commas (e.g. 2048,2048), got {value!r}")
+    return widths
+
+
+@click.command()
+@click.option("--tasks", type=int, required=True, help="Number of tasks to learn.")
+@click.option("--dataset", type=click.Choice(STREAMS), default="permuted-mnist", show_default=True)
+@click.option("--model", type=click.Choice(ARCHITECTURES), default="hopnet", show_default=True)
+@click.option("--widths", callback=_widths, help="Hidden widths, e.g. 2048,2048 [default: the model's].")
+@click.option("--outputs", type=int, default=10, show_default=True,
+              help="Output neurons (more than the classes adds superfluous neurons, e.g. 500).")
+@click.option("--steps", type=int, help="Batches per task [default: 1000].")
+@click.option("--batch-size", type=int, help="[default: 128]")
+@click.option("--lr", type=float, help="[default: 1e-4 rmsprop; hopnet 0.1 sgd]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: rmsprop; hopnet sgd]")
+@click.option("--momentum", type=float, help="[default: 0; hopnet 0.9]")
+@click.option("--weight-decay", type=float, help="[default: 0; hopnet 1e-4]")
+@click.option("--mask", type=click.Choice(["threshold", "topk"]), help="How scores become masks [threshold].")
+@click.option("--density", type=float, help="topk: fraction of entries kept [0.5].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--memory-rule", type=click.Choice([*RULES, "none"]), default="storkey", show_default=True)
+@click.option("--memory-layout", type=click.Choice(["per-layer", "joint"]), default="per-layer", show_default=True)
+@click.option("--hopfield-dim", type=int, help="Split long masks into memories of this many entries.")
+@click.option("--keep-masks/--no-keep-masks", default=True, show_default=True,
+              help="Keep the explicit (bit-packed) masks beside the memory.")
+@click.option("--out", type=click.Path(dir_okay=False), default="run.h5", show_default=True)
+@click.option("--checkpoint-every", type=int, default=10, show_default=True, help="Save every K tasks.")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the four IDX files.")
+@click.option("--download", is_flag=True, help="Download MNIST into --data-dir (needs internet).")
+@click.pass_context
+def train(ctx, tasks, dataset, model, widths, outputs, seed, device, memory_rule, memory_layout,
+          hopfield_dim, keep_masks, out, checkpoint_every, resume, force, data_dir, download, **train_opts):
+    """Learn --tasks supermasks one after another; store them in the memory and --out."""
+    from supsup_hopfield.basenet import MASK_KINDS
+    from supsup_hopfield.run import RunConfig, train_run
+    from supsup_hopfield.training import TrainConfig
+
+    if memory_rule == "none":
+        memory_rule = None
+    explicit = ctx.get_parameter_source("memory_rule") == click.core.ParameterSource.COMMANDLINE
+    if MASK_KINDS[model] == "weight" and hopfield_dim is None and not explicit:
+        memory_rule = None  # the default memory does not apply to weight masks
+        click.echo(f"note: {model} learns weight masks, kept explicitly; pass --hopfield-dim D "
+                   f"to also store them in D-entry Hopfield memories", err=True)
+    given = {k: v for k, v in train_opts.items() if v is not None}
+    train_cfg = TrainConfig.for_architecture(model, seed=seed, device=device, **given)
+    cfg = RunConfig(dataset=dataset, model=model, widths=widths, outputs=outputs, seed=seed,
+                    memory_rule=memory_rule, memory_layout=memory_layout, hopfield_dim=hopfield_dim,
+                    keep_masks=keep_masks, train=train_cfg)
+    bar = _Bar()
+    try:
+        archive = train_run(cfg, tasks, out, resume=resume, force=force, checkpoint_every=checkpoint_every,
+                            data_dir=data_dir, download=download, progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"interrupted: {bar.finished} finished tasks are saved in {out}; "
+                   f"rerun with --resume to continue", err=True)
+        ctx.exit(130)
+    bar.close()
+    click.echo(summary(archive, out))
+
+
+def summary(archive, out) -> str:
+    import numpy as np
+
+    from supsup_hopfield.run import MemorySlot, slot_pattern
+
+    acc = [r["accuracy"] for r in archive.per_task]
+    lines = [f"{len(acc)} tasks in {out}; mean accuracy with the task given (GG) {np.mean(acc):.4f}"]
+    masks = archive.masks
+    slots = [MemorySlot(**s) for s in archive.config.get("memory_slots", [])]
+    for slot in slots:
+        mem = archive.memories[slot.name]
+        line = f"memory {slot.name}: {mem.rule}, d = {mem.dim}, {mem.n_stored} masks stored"
+        if masks:
+            layers = [masks[f"layer{l}"] for l in range(len(masks))]
+            patterns = np.stack([slot_pattern(slot, [m[t] for m in layers]) for t in range(len(acc))])
+            line += f", {int(mem.stable(patterns).sum())} of them exact fixed points"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+class _Bar:
+    """tqdm bar over task-steps: task, step, loss, tasks per hour, ETA."""
+
+    def __init__(self):
+        self.bar = None
+        self.finished = 0
+
+    def start(self, done, total, steps):
+        import time
+
+        from tqdm import tqdm
+
+        self.finished, self.total, self.steps = done, total, steps
+        self.t0, self.done0 = time.perf_counter(), done
+        self.bar = tqdm(total=(total - done) * steps, unit="step", dynamic_ncols=True, disable=None,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}{postfix}]")
+
+    def step(self, task, step, loss):
+        self.bar.update(1)
+        if step % 25 == 0 or step == self.steps:
+            self.bar.set_description(f"task {task + 1}/{self.total}", refresh=False)
+            self.bar.set_postfix_str(f"loss {loss:.3f}, {self._rate()}", refresh=False)
+
+    def task_done(self, record):
+        self.finished += 1
+        self.bar.write(f"task {record['task']}: accuracy {record['accuracy']:.4f} "
+                       f"({record['seconds']:.1f} s, {record['flip_fraction']:.1%} of mask flipped)",
+                       file=sys.stderr)
+
+    def saved(self, path, tasks):
+        pass
+
+    def _rate(self):
+        import time
+
+        hours = (time.perf_counter() - self.t0) / 3600
+        return f"{(self.finished - self.done0) / hours:.0f} tasks/h" if self.finished > self.done0 else "- tasks/h"
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,233 @@
+"""A continual-learning run: tasks in order → one supermask each → Hopfield memory → archive.
+
+This is `supsup-hf train` without the command line (DESIGN.md §1 and §5). For every task of
+the stream: learn its supermask on the frozen base network (`training.train_task`), measure its
+accuracy with the task given (GG), feed the mask into the Hopfield memory as z = 2m − 1, keep the
+explicit mask (bit-packed in the archive) and the task's metrics. Every `checkpoint_every` tasks,
+at the end, and on Ctrl-C, the archive is rewritten atomically, so a killed run loses at most
+the tasks since the last checkpoint and `resume=True` carries on from there.
+
+Memory layout. Neuron masks (hopnet) go into one memory per masked layer (`per-layer`) or one
+memory over all layers' masks concatenated (`joint`). A memory is d×d, so over weight masks
+(lenet: 315,200 entries) it must be split: with `hopfield_dim` D, each layer's (or the joint)
+mask vector is cut into blocks of D entries, one memory per block. Without D, a weight-mask
+model keeps explicit masks only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from supsup_hopfield.archive import Archive, mask_sha256, read_archive, write_archive
+from supsup_hopfield.basenet import DEFAULT_WIDTHS, MASK_KINDS, BaseNetSpec, build_basenet
+from supsup_hopfield.errors import UserError
+from supsup_hopfield.masks import initial_mask
+from supsup_hopfield.memory import HopfieldMemory, block_edges
+from supsup_hopfield.rules import RULES
+from supsup_hopfield.streams import make_stream
+from supsup_hopfield.training import TrainConfig, evaluate, resolve_device, train_task
+
+LAYOUTS = ("per-layer", "joint")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run learns. Everything here is written into the archive; `resume` requires the
+    same values (only the number of tasks may grow)."""
+
+    dataset: str = "permuted-mnist"
+    model: str = "hopnet"
+    widths: tuple | None = None  # None: the model's default hidden widths
+    outputs: int = 10  # output neurons; more than the classes = superfluous neurons (G objective)
+    seed: int = 0  # base network, stream, scores and batches all derive from it
+    memory_rule: str | None = "storkey"  # None: explicit masks only
+    memory_layout: str = "per-layer"
+    hopfield_dim: int | None = None  # block size for memories over long (weight) masks
+    memory_dtype: str = "float32"
+    keep_masks: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.model not in MASK_KINDS:
+            raise UserError(f"model: expected one of {', '.join(MASK_KINDS)}, got {self.model!r}")
+        if self.memory_rule is not None and self.memory_rule not in RULES:
+            raise UserError(f"memory rule: expected one of {', '.join(RULES)} or none, got {self.memory_rule!r}")
+        if self.memory_layout not in LAYOUTS:
+            raise UserError(f"memory layout: expected one of {', '.join(LAYOUTS)}, got {self.memory_layout!r}")
+        if self.hopfield_dim is not None and self.hopfield_dim < 2:
+            raise UserError(f"hopfield dim: expected an integer >= 2, got {self.hopfield_dim}")
+        if int(self.outputs) < 2:
+            raise UserError(f"outputs: expected at least 2, got {self.outputs}")
+        if self.memory_rule and MASK_KINDS[self.model] == "weight" and self.hopfield_dim is None:
+            raise UserError(f"model {self.model} learns weight masks ({self.mask_entries():,} entries): a "
+                            f"Hopfield memory over them needs --hopfield-dim D (one D×D memory per block "
+                            f"of D entries), or use --memory-rule none to keep explicit masks only")
+        if not self.memory_rule and not self.keep_masks:
+            raise UserError("nothing would keep the masks: with --memory-rule none, use --keep-masks")
+
+    @property
+    def mask_kind(self) -> str:
+        return MASK_KINDS[self.model]
+
+    def layer_sizes(self) -> list[int]:
+        widths = self.widths or DEFAULT_WIDTHS[self.model]
+        if self.mask_kind == "neuron":
+            return list(widths)
+        sizes = [784, *widths, self.outputs]
+        return [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+
+    def mask_entries(self) -> int:
+        return sum(self.layer_sizes())
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths or DEFAULT_WIDTHS[self.model])
+        d["train"] = {k: v for k, v in self.train.to_dict().items() if k != "device"}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        d = dict(d)
+        d["widths"] = tuple(d["widths"])
+        d["train"] = TrainConfig(**d["train"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class MemorySlot:
+    """Which mask entries one memory holds: entries [start, stop) of layer `layer`'s flattened
+    mask, or of all layers concatenated when `layer` is None (joint layout)."""
+
+    name: str
+    layer: int | None
+    start: int
+    stop: int
+
+
+def memory_slots(cfg: RunConfig) -> list[MemorySlot]:
+    """The memories a run keeps, in order (empty without a memory rule)."""
+    if not cfg.memory_rule:
+        return []
+    sizes = cfg.layer_sizes()
+    groups = [("joint", None, sum(sizes))] if cfg.memory_layout == "joint" else \
+        [(f"layer{l}", l, n) for l, n in enumerate(sizes)]
+    slots = []
+    for name, layer, n in groups:
+        edges = block_edges(n, cfg.hopfield_dim or n)
+        for b, (start, stop) in enumerate(zip(edges[:-1], edges[1:])):
+            slots.append(MemorySlot(name if len(edges) == 2 else f"{name}.{b}", layer, start, stop))
+    return slots
+
+
+def slot_pattern(slot: MemorySlot, layer_masks) -> np.ndarray:
+    flat = layer_masks[slot.layer].ravel() if slot.layer is not None else \
+        np.concatenate([m.ravel() for m in layer_masks])
+    return flat[slot.start:slot.stop]
+
+
+def initial_masks(config: dict, layer: int, tasks: int) -> np.ndarray:
+    """Layer `layer`'s seeded starting mask of tasks 0..tasks−1 of a saved run (from its archive
+    config): what the `delta` codec stores flips against, rebuilt at no storage cost."""
+    cfg = RunConfig.from_dict(config["run"])
+    b = config["base_network"]
+    spec = BaseNetSpec(b["architecture"], tuple(b["widths"]), b["outputs"], b["seed"])
+    return np.stack([initial_mask(spec, cfg.train.mask_config, cfg.train.seed, t)[layer] for t in range(tasks)])
+
+
+class Progress:
+    """Hooks a run calls; the CLI draws a progress bar with them. All optional."""
+
+    def start(self, done: int, total: int, steps: int) -> None: ...
+    def step(self, task: int, step: int, loss: float) -> None: ...
+    def task_done(self, record: dict) -> None: ...
+    def saved(self, path: Path, tasks: int) -> None: ...
+
+
+def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: bool = False,
+              checkpoint_every: int = 10, data_dir=None, download: bool = False,
+              progress: Progress | None = None) -> Archive:
+    """Learn tasks 0..tasks−1 (those an archive already holds are kept with `resume`)."""
+    out = Path(out)
+    progress = progress or Progress()
+    if tasks < 1:
+        raise UserError(f"tasks: expected at least 1, got {tasks}")
+    if checkpoint_every < 1:
+        raise UserError(f"checkpoint every: expected at least 1 task, got {checkpoint_every}")
+    if resume and force:
+        raise UserError("--resume and --force contradict each other; pass one")
+    if out.exists() and not (resume or force):
+        raise UserError(f"{out} exists; pass --resume to continue it or --force to overwrite it")
+    if resume and not out.exists():
+        raise UserError(f"{out} does not exist, so there is nothing to resume; drop --resume")
+    if out.exists() and out.is_dir():
+        raise UserError(f"{out} is a folder; give a file path for --out")
+
+    device = resolve_device(cfg.train.device)
+    stream = make_stream(cfg.dataset, seed=cfg.seed, n_tasks=tasks if "split" in cfg.dataset else None,
+                         data_dir=data_dir, download=download, device=device)
+    net = build_basenet(cfg.model, cfg.widths, cfg.outputs, cfg.seed, device=device)
+    slots = memory_slots(cfg)
+    config = {"run": cfg.to_dict(), "base_network": net.spec.to_dict(), "stream": stream.recipe(),
+              "memory_slots": [dataclasses.asdict(s) for s in slots]}
+    config["stream"].pop("n_tasks", None)
+
+    n_layers = len(cfg.layer_sizes())
+    if resume:
+        saved = read_archive(out)
+        _check_same_run(out, saved.config, config)
+        if cfg.keep_masks and saved.masks is None and saved.per_task:
+            raise UserError(f"{out} was written with --no-keep-masks; resume it with --no-keep-masks")
+        memories, per_task, evaluations = saved.memories, list(saved.per_task), saved.evaluations
+        kept = [list(saved.masks[f"layer{l}"]) for l in range(n_layers)] if saved.masks else None
+    else:
+        memories = {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in slots}
+        per_task, evaluations, kept = [], [], None
+    if cfg.keep_masks and kept is None:
+        kept = [[] for _ in range(n_layers)]  # per layer, one bool mask per finished task
+    archive = Archive(memories=memories, config=config, per_task=per_task, evaluations=evaluations)
+
+    def save():
+        if cfg.keep_masks:
+            archive.masks = {f"layer{l}": np.stack(ms) if ms else np.zeros((0, *net.mask_shapes[l]), bool)
+                             for l, ms in enumerate(kept)}
+        archive.config["tasks"] = len(per_task)
+        write_archive(out, archive)
+        progress.saved(out, len(per_task))
+
+    done = len(per_task)
+    progress.start(done, tasks, cfg.train.steps)
+    try:
+        for i in range(done, tasks):
+            task = stream.task(i)
+            layer_masks, info = train_task(net, task, cfg.train, i,
+                                           progress=lambda s, loss, i=i: progress.step(i, s, loss))
+            accuracy = evaluate(net, layer_masks, task)
+            for slot in slots:
+                memories[slot.name].store(slot_pattern(slot, layer_masks))
+            if cfg.keep_masks:
+                for l, m in enumerate(layer_masks):
+                    kept[l].append(m)
+            record = {"task": i, "accuracy": accuracy, "mask_sha256": mask_sha256(layer_masks),
+                      **{k: info[k] for k in ("seconds", "final_loss", "density", "flip_fraction")}}
+            per_task.append(record)
+            progress.task_done(record)
+            if (i + 1) % checkpoint_every == 0 and i + 1 < tasks:
+                save()
+    except KeyboardInterrupt:
+        save()  # what is finished is kept; the task in progress is lost
+        raise
+    save()
+    return archive
+
+
+def _check_same_run(path, saved: dict, now: dict):
+    diffs = [k for k in ("run", "base_network", "stream") if saved.get(k) != now.get(k)]
+    if diffs:
+        a, b = saved.get(diffs[0]) or {}, now[diffs[0]]
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) if isinstance(a, dict) else []
+        detail = ", ".join(f"{k}: archive {a.get(k)!r} vs now {b.get(k)!r}" for k in keys[:3])
+        raise UserError(f"{path} holds a different run ({diffs[0]} differs: {detail}); "
+                        f"resume with the same options, or write to a new --out")

@@ -1,0 +1,154 @@
+"""`supsup-hf train` and `run.train_run`: masks into memory and archive, resume, kill, errors."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import app
+from supsup_hopfield.archive import mask_sha256, read_archive, read_header
+from supsup_hopfield.errors import UserError
+from supsup_hopfield.run import RunConfig, memory_slots, slot_pattern, train_run
+from supsup_hopfield.training import TrainConfig
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_data = pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+
+# A small hopnet on split Fashion-MNIST: seconds per task on 2 cores.
+SMALL = ["--dataset", "split-fashion-mnist", "--model", "hopnet", "--widths", "64,64",
+         "--steps", "30", "--device", "cpu"]
+
+
+def small_config(**kw):
+    train = TrainConfig.for_architecture("hopnet", steps=30, device="cpu")
+    return RunConfig(dataset="split-fashion-mnist", model="hopnet", widths=(64, 64), train=train, **kw)
+
+
+def test_memory_slots_layouts_and_blocks():
+    per_layer = memory_slots(small_config())
+    assert [(s.name, s.layer, s.start, s.stop) for s in per_layer] == [("layer0", 0, 0, 64), ("layer1", 1, 0, 64)]
+    joint = memory_slots(small_config(memory_layout="joint"))
+    assert [(s.name, s.start, s.stop) for s in joint] == [("joint", 0, 128)]
+    blocks = memory_slots(small_config(memory_layout="joint", hopfield_dim=50))
+    assert [(s.name, s.start, s.stop) for s in blocks] == [("joint.0", 0, 50), ("joint.1", 50, 100), ("joint.2", 100, 128)]
+    masks = [np.arange(64) % 3 == 0, np.arange(64) % 5 == 0]
+    np.testing.assert_array_equal(slot_pattern(blocks[1], masks), np.concatenate(masks)[50:100])
+    assert memory_slots(small_config(memory_rule=None)) == []
+
+
+def test_weight_masks_need_hopfield_dim():
+    with pytest.raises(UserError, match="needs --hopfield-dim D"):
+        RunConfig(model="lenet", memory_rule="storkey")
+    cfg = RunConfig(model="lenet", memory_rule="projection", hopfield_dim=2048, outputs=500)
+    slots = memory_slots(cfg)
+    assert sum(s.stop - s.start for s in slots) == 784 * 300 + 300 * 100 + 100 * 500
+    assert max(s.stop - s.start for s in slots) <= 2049
+
+
+@needs_data
+def test_train_fills_memory_and_archive(tmp_path):
+    out = tmp_path / "b.h5"
+    r = CliRunner().invoke(app, ["train", "--tasks", "3", *SMALL, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "3 tasks in" in r.output and "3 of them exact fixed points" in r.output
+    a = read_archive(out)
+    assert [t["task"] for t in a.per_task] == [0, 1, 2]
+    assert np.mean([t["accuracy"] for t in a.per_task]) > 0.8  # 2-class tasks, 30 steps
+    assert a.masks["layer0"].shape == (3, 64) and a.masks["layer1"].shape == (3, 64)
+    for layer in ("layer0", "layer1"):
+        mem = a.memories[layer]
+        assert (mem.rule, mem.dim, mem.n_stored) == ("storkey", 64, 3)
+        assert mem.stable(a.masks[layer]).all()  # the masks are the memory's fixed points
+    for t, rec in enumerate(a.per_task):
+        assert rec["mask_sha256"] == mask_sha256([a.masks["layer0"][t], a.masks["layer1"][t]])
+    # the same run again is bit-identical (deterministic on the CPU)
+    out2 = tmp_path / "c.h5"
+    assert CliRunner().invoke(app, ["train", "--tasks", "3", *SMALL, "--out", str(out2)]).exit_code == 0
+    b = read_archive(out2)
+    assert [t["mask_sha256"] for t in a.per_task] == [t["mask_sha256"] for t in b.per_task]
+    np.testing.assert_array_equal(a.memories["layer0"].weights, b.memories["layer0"].weights)
+
+
+@needs_data
+def test_resume_extends_and_keeps_finished_masks(tmp_path):
+    out = tmp_path / "r.h5"
+    train_run(small_config(), 2, out)
+    first = read_archive(out)
+    train_run(small_config(), 4, out, resume=True)
+    a = read_archive(out)
+    assert len(a.per_task) == 4 and a.memories["layer0"].n_stored == 4
+    assert [t["mask_sha256"] for t in a.per_task[:2]] == [t["mask_sha256"] for t in first.per_task]
+    full = tmp_path / "full.h5"  # resuming gives what one uninterrupted run gives
+    train_run(small_config(), 4, full)
+    b = read_archive(full)
+    assert [t["mask_sha256"] for t in a.per_task] == [t["mask_sha256"] for t in b.per_task]
+    np.testing.assert_allclose(a.memories["layer1"].weights, b.memories["layer1"].weights, rtol=1e-6)
+
+
+@needs_data
+@pytest.mark.slow
+def test_sigkill_after_second_checkpoint_then_resume(tmp_path):
+    out = tmp_path / "k.h5"
+    cmd = [sys.executable, "-m", "cli", "train", "--tasks", "5", *SMALL, "--steps", "60",
+           "--checkpoint-every", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if out.exists():
+                try:
+                    if read_header(out, verify=False).config["tasks"] >= 4:
+                        break
+                except Exception:  # noqa: BLE001 - a reader may race the atomic rename
+                    pass
+            time.sleep(0.05)
+        else:
+            pytest.fail("no second checkpoint within 240 s")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = read_archive(out)
+    assert len(before.per_task) == 4
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    after = read_archive(out)
+    assert len(after.per_task) == 5
+    assert [t["mask_sha256"] for t in after.per_task[:4]] == [t["mask_sha256"] for t in before.per_task]
+    for layer in ("layer0", "layer1"):
+        np.testing.assert_array_equal(after.masks[layer][:4], before.masks[layer])
+
+
+@needs_data
+def test_errors_are_one_line_and_nothing_is_overwritten(tmp_path):
+    out = tmp_path / "e.h5"
+    run = lambda *args: CliRunner().invoke(app, ["train", *args])  # noqa: E731
+    r = run("--tasks", "0", *SMALL, "--out", str(out))
+    assert r.exit_code == 2 and "tasks: expected at least 1, got 0" in r.output
+    r = run("--tasks", "1", "--dataset", "permuted-cifar", "--out", str(out))
+    assert r.exit_code == 2 and "permuted-cifar" in r.output
+    r = run("--tasks", "1", "--model", "resnet", "--out", str(out))
+    assert r.exit_code == 2 and "resnet" in r.output
+    r = run("--tasks", "1", "--dataset", "permuted-mnist", "--data-dir", str(tmp_path), "--out", str(out))
+    assert r.exit_code == 2 and "--download" in r.output
+    assert not out.exists()
+
+    assert run("--tasks", "1", *SMALL, "--out", str(out)).exit_code == 0
+    before = out.read_bytes()
+    r = run("--tasks", "2", *SMALL, "--out", str(out))
+    assert r.exit_code == 2 and "--resume" in r.output and "--force" in r.output
+    r = run("--tasks", "2", *SMALL, "--seed", "1", "--out", str(out), "--resume")
+    assert r.exit_code == 2 and "different run" in r.output and "seed" in r.output
+    r = run("--tasks", "2", *SMALL, "--memory-rule", "hebbian", "--out", str(out), "--resume")
+    assert r.exit_code == 2 and "memory_rule" in r.output
+    r = run("--tasks", "2", "--model", "lenet", "--memory-rule", "storkey", "--out", str(out), "--force")
+    assert r.exit_code == 2 and "--hopfield-dim" in r.output
+    assert out.read_bytes() == before
+    output = run("--tasks", "0", *SMALL, "--out", str(out)).output
+    assert len(output.strip().splitlines()) == 1 and "Traceback" not in output
