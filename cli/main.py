@@ -4,11 +4,15 @@ Every command is a small function over library calls. Errors the user can fix (b
 library `ValueError`s, damaged archives, missing data) end as ONE line on stderr and exit code 2,
 never a traceback. Commands live in sibling modules and are registered at the bottom.
 """
+import os
 import sys
 
-import click
+# Idle OpenMP threads sleep instead of spinning: torch and Numba share the cores in one process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from supsup_hopfield.errors import UserError
+import click  # noqa: E402
+
+from supsup_hopfield.errors import UserError  # noqa: E402
 
 
 class App(click.Group):
