@@ -3,7 +3,9 @@
 Patterns are stored incrementally into one memory; after every `step` patterns we measure
 (1) the fraction of stored patterns that are exact fixed points, (2) the fraction recalled
 exactly by asynchronous dynamics from cues with a fraction `noise` of their bits flipped, and
-(3) the mean Hamming distance (bits) between recalled state and pattern.
+(3) the mean Hamming distance (bits) between recalled state and pattern, and (4) the fraction of
+64 random ±1 states that are fixed points too: near 1 the memory is saturated (e.g. projection
+past d patterns, Ψ = I) and "every pattern is a fixed point" means nothing.
 """
 from dataclasses import asdict, dataclass, field
 
@@ -75,6 +77,7 @@ def measure_capacity(cfg: CapacityConfig, progress=None) -> CapacityResult:
     if not counts or counts[-1] != cfg.max_patterns:
         counts.append(cfg.max_patterns)
     result = CapacityResult(cfg, theoretical_capacity(cfg.rule, cfg.dim))
+    probes = np.where(rng.random((64, cfg.dim)) < 0.5, 1, -1).astype(np.int8)
     stored = 0
     for i, n in enumerate(counts):
         mem.store(Z[stored:n])
@@ -88,6 +91,7 @@ def measure_capacity(cfg: CapacityConfig, progress=None) -> CapacityResult:
             "stable_fraction": float(mem.stable(P).mean()),
             "recall_exact_fraction": float((ham == 0).mean()),
             "mean_hamming": float(ham.mean()),
+            "random_stable_fraction": float(mem.stable(probes).mean()),
         })
         if progress:
             progress(i + 1, len(counts))
@@ -100,11 +104,16 @@ def format_table(result: CapacityResult) -> str:
     th_s = f"{th:.0f}" if th is not None else "no closed form"
     lines = [f"rule {cfg.rule}, d = {cfg.dim}, bias {cfg.bias}, cue noise {cfg.noise}, "
              f"seed {cfg.seed}; theoretical capacity {th_s}",
-             f"{'patterns':>8}  {'fixed points':>12}  {'recalled exactly':>16}  {'mean Hamming':>12}"]
+             f"{'patterns':>8}  {'fixed points':>12}  {'recalled exactly':>16}  {'mean Hamming':>12}"
+             f"  {'random states stable':>20}"]
     for p in result.points:
         lines.append(f"{p['patterns']:>8}  {p['stable_fraction']:>12.3f}  "
-                     f"{p['recall_exact_fraction']:>16.3f}  {p['mean_hamming']:>12.2f}")
+                     f"{p['recall_exact_fraction']:>16.3f}  {p['mean_hamming']:>12.2f}"
+                     f"  {p['random_stable_fraction']:>20.3f}")
     lines.append(f"all stored patterns are fixed points up to {result.max_all_stable} patterns (measured)")
+    if any(p["random_stable_fraction"] > 0.5 for p in result.points):
+        lines.append("random states are fixed points too at some counts: the memory is saturated there "
+                     "(it holds everything, so it tells nothing apart)")
     return "\n".join(lines)
 
 
