@@ -48,18 +48,10 @@ def app():
 
 
 def _register():
-    # TEMPORARY while commands are being written in parallel; becomes plain imports.
-    import importlib
+    from cli import capacity, eval, inspect, storage, train
 
-    for module, command in [("capacity", "capacity"), ("storage", "storage_report"),
-                            ("inspect", "inspect"), ("train", "train"), ("eval", "eval_")]:
-        try:
-            mod = importlib.import_module(f"cli.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"cli.{module}":
-                raise
-            continue
-        app.add_command(getattr(mod, command))
+    for command in (train.train, eval.eval_, inspect.inspect, storage.storage_report, capacity.capacity):
+        app.add_command(command)
 
 
 _register()
