@@ -11,7 +11,7 @@ from supsup_hopfield.evaluation import METHODS
 @click.option("--method", type=click.Choice(METHODS), default="oneshot", show_default=True,
               help="gg: task given; oneshot/binary/g: task inferred from the explicit masks; "
                    "hopfield: masks recovered from the memory.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, help="[default: 128; hopfield: the recovery's 64]")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the four IDX files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -59,3 +59,12 @@ def test_eval_errors(run_copy, tmp_path):
     r = run(str(run_copy), "--method", "oneshot")
     assert r.exit_code == 2 and "--no-keep-masks" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_hopfield_method_reports_hamming_and_steps(run_copy):
+    res = evaluate_run(run_copy, "hopfield", device="cpu")
+    assert res["method"] == "hopfield" and res["batch_size"] == 64
+    for t in res["per_task"]:
+        assert len(t["hamming"]) == 2 and all(0 <= h <= 64 for h in t["hamming"])
+        assert t["steps"] >= 1
+        assert t["task_inference_accuracy"] == float(t["hamming"] == [0, 0])
