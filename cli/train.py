@@ -22,6 +22,12 @@ def _widths(ctx, param, value):
 
 @click.command()
 @click.option("--tasks", type=int, required=True, help="Number of tasks to learn.")
+@click.option("--scenario", type=click.Choice(["gg", "nns"]), default="gg", show_default=True,
+              help="gg: the task is given while training (GG, and the training of GNs/GNu: choose "
+                   "the inference at eval); nns: never given, the learner allocates masks itself.")
+@click.option("--check-every", type=int, default=100, show_default=True,
+              help="nns: decide every K batches whether the data needs a new mask.")
+@click.option("--budget", type=int, help="nns: at most this many masks.")
 @click.option("--dataset", type=click.Choice(STREAMS), default="permuted-mnist", show_default=True)
 @click.option("--model", type=click.Choice(ARCHITECTURES), default="hopnet", show_default=True)
 @click.option("--widths", callback=_widths, help="Hidden widths, e.g. 2048,2048 [default: the model's].")
@@ -49,11 +55,12 @@ def _widths(ctx, param, value):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the four IDX files.")
 @click.option("--download", is_flag=True, help="Download MNIST into --data-dir (needs internet).")
 @click.pass_context
-def train(ctx, tasks, dataset, model, widths, outputs, seed, device, memory_rule, memory_layout,
-          hopfield_dim, keep_masks, out, checkpoint_every, resume, force, data_dir, download, **train_opts):
+def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, outputs, seed, device, memory_rule,
+          memory_layout, hopfield_dim, keep_masks, out, checkpoint_every, resume, force, data_dir, download,
+          **train_opts):
     """Learn --tasks supermasks one after another; store them in the memory and --out."""
     from supsup_hopfield.basenet import MASK_KINDS
-    from supsup_hopfield.run import RunConfig, train_run
+    from supsup_hopfield.run import RunConfig, train_nns_run, train_run
     from supsup_hopfield.training import TrainConfig
 
     if memory_rule == "none":
@@ -68,6 +75,11 @@ def train(ctx, tasks, dataset, model, widths, outputs, seed, device, memory_rule
     cfg = RunConfig(dataset=dataset, model=model, widths=widths, outputs=outputs, seed=seed,
                     memory_rule=memory_rule, memory_layout=memory_layout, hopfield_dim=hopfield_dim,
                     keep_masks=keep_masks, train=train_cfg)
+    if scenario == "nns":
+        if resume:
+            raise click.UsageError("--resume: NNs runs are not resumable; start again with --force")
+        _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download)
+        return
     bar = _Bar()
     try:
         archive = train_run(cfg, tasks, out, resume=resume, force=force, checkpoint_every=checkpoint_every,
@@ -79,6 +91,27 @@ def train(ctx, tasks, dataset, model, widths, outputs, seed, device, memory_rule
         ctx.exit(130)
     bar.close()
     click.echo(summary(archive, out))
+
+
+def _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download):
+    from tqdm import tqdm
+
+    from supsup_hopfield.run import train_nns_run
+
+    with tqdm(total=tasks * cfg.train.steps, unit="step", disable=None, dynamic_ncols=True) as bar:
+        def progress(step, loss, slot):
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix_str(f"mask {slot}, loss {loss:.3f}", refresh=False)
+
+        archive, report = train_nns_run(cfg, tasks, out, force=force, check_every=check_every, budget=budget,
+                                        data_dir=data_dir, download=download, progress=progress)
+    steps = [a["step"] for a in report["allocations"]]
+    acc = [r["accuracy"] for r in archive.per_task]
+    click.echo(f"NNs: allocated {report['n_masks']} masks for {tasks} true tasks; allocations at steps "
+               f"{steps}, true task boundaries at {report['boundaries']}")
+    click.echo(f"task -> mask: {report['task_to_mask']}; mean accuracy with the mask inferred per batch "
+               f"(oneshot) {sum(acc) / len(acc):.4f}; saved in {out}")
 
 
 def summary(archive, out) -> str:

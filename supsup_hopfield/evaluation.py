@@ -55,7 +55,9 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
                          n_tasks=tasks if recipe["name"].startswith("split") else None,
                          data_dir=data_dir, device=dev)
     start = time.perf_counter()
-    if method == "gg":
+    if archive.config.get("scenario") == "nns":
+        per_task = _nns(net, archive, stream, tasks, method, batch_size)
+    elif method == "gg":
         per_task = _gg(net, archive, stream, tasks, batch_size)
     elif method == "hopfield":
         per_task = _hopfield(net, archive, stream, tasks, batch_size)
@@ -113,6 +115,23 @@ def _inferred(net, archive, stream, tasks, method, batch_size):
     return [{"task": t, "accuracy": r["accuracy"], "task_inference_accuracy": r["task_inference_accuracy"],
              "task_given_accuracy": r["task_given_accuracy"], "seconds_per_batch": r["seconds_per_batch"]}
             for t, r in sorted(res.items())]
+
+
+def _nns(net, archive, stream, tasks, method, batch_size):
+    """An NNs run has its own masks, not one per task: infer among all of them per batch."""
+    from supsup_hopfield.nns import evaluate_nns
+
+    if method not in ("oneshot", "binary", "g"):
+        raise UserError(f"method: an NNs run has no task ids to give (gg) and keeps its masks "
+                        f"explicitly; use --method oneshot, binary or g, got {method!r}")
+    n = len(archive.masks["layer0"])
+    masks = [[archive.masks[f"layer{l}"][i] for l in range(len(archive.masks))] for i in range(n)]
+    mapping = [t.get("mask") for t in archive.per_task]
+    t0 = time.perf_counter()
+    res = evaluate_nns(net, masks, stream, range(tasks), mapping, method, batch_size)
+    per_batch = (time.perf_counter() - t0) / max(1, sum(r["batches"] for r in res.values()))
+    return [{"task": t, "accuracy": r["accuracy"], "task_inference_accuracy": r.get("mapped_fraction"),
+             "seconds_per_batch": per_batch} for t, r in sorted(res.items())]
 
 
 def _hopfield(net, archive, stream, tasks, batch_size):

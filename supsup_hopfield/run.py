@@ -223,6 +223,49 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
     return archive
 
 
+def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check_every: int = 100,
+                  budget: int | None = None, data_dir=None, download: bool = False,
+                  progress=None) -> tuple[Archive, dict]:
+    """The NNs scenario (DESIGN.md §1): the learner sees tasks 0..tasks−1 in order but is told
+    neither the task nor when it changes; it allocates masks itself (`nns.train_nns`). Every
+    learned mask goes into the memory and the archive; each true task is then scored with the
+    mask inferred per test batch (oneshot over all learned masks). Returns (archive, report)."""
+    from supsup_hopfield.nns import NNsConfig, evaluate_nns, train_nns
+
+    out = Path(out)
+    if tasks < 1:
+        raise UserError(f"tasks: expected at least 1, got {tasks}")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it (NNs runs are not resumable)")
+    nns_cfg = NNsConfig(check_every=check_every, budget=budget, train=cfg.train)
+    device = resolve_device(cfg.train.device)
+    stream = make_stream(cfg.dataset, seed=cfg.seed, n_tasks=tasks if "split" in cfg.dataset else None,
+                         data_dir=data_dir, download=download, device=device)
+    net = build_basenet(cfg.model, cfg.widths, cfg.outputs, cfg.seed, device=device)
+    masks, report = train_nns(net, stream, tasks, cfg.train.steps, nns_cfg, progress=progress)
+    scores = evaluate_nns(net, masks, stream, range(tasks), report["task_to_mask"], "oneshot")
+    slots = memory_slots(cfg)
+    memories = {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in slots}
+    for layer_masks in masks:
+        for slot in slots:
+            memories[slot.name].store(slot_pattern(slot, layer_masks))
+    per_task = []
+    for t in range(tasks):
+        m = report["task_to_mask"][t]
+        per_task.append({"task": t, "accuracy": scores[t]["accuracy"], "mask": m,
+                         "mask_sha256": None if m is None else mask_sha256(masks[m]),
+                         "mapped_fraction": scores[t]["mapped_fraction"]})
+    summary = {k: v for k, v in report.items() if k != "checks"}
+    config = {"run": cfg.to_dict(), "scenario": "nns", "nns": {**nns_cfg.to_dict(), "report": summary},
+              "base_network": net.spec.to_dict(), "stream": stream.recipe(), "tasks": tasks,
+              "memory_slots": [dataclasses.asdict(s) for s in slots]}
+    archive = Archive(memories=memories, config=config, per_task=per_task)
+    if cfg.keep_masks:  # one row per learned mask (not per task)
+        archive.masks = {f"layer{l}": np.stack([m[l] for m in masks]) for l in range(len(net.mask_shapes))}
+    write_archive(out, archive)
+    return archive, report
+
+
 def _check_same_run(path, saved: dict, now: dict):
     diffs = [k for k in ("run", "base_network", "stream") if saved.get(k) != now.get(k)]
     if diffs:

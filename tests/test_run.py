@@ -153,3 +153,21 @@ def test_errors_are_one_line_and_nothing_is_overwritten(tmp_path):
     assert out.read_bytes() == before
     output = run("--tasks", "0", *SMALL, "--out", str(out)).output
     assert len(output.strip().splitlines()) == 1 and "Traceback" not in output
+
+
+@needs_data
+def test_nns_scenario_via_cli(tmp_path):
+    out = tmp_path / "nns.h5"
+    r = CliRunner().invoke(app, ["train", "--scenario", "nns", "--tasks", "2", "--steps", "200",
+                                 "--dataset", "permuted-fashion-mnist", "--model", "lenet",
+                                 "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "allocated 2 masks for 2 true tasks" in r.output
+    a = read_archive(out)
+    assert a.config["scenario"] == "nns" and a.masks["layer0"].shape[0] == 2
+    assert [t["mask"] for t in a.per_task] == [0, 1]
+    assert all(t["accuracy"] > 0.6 for t in a.per_task)
+    r = CliRunner().invoke(app, ["eval", str(out), "--method", "gg"])
+    assert r.exit_code == 2 and "NNs run" in r.output
+    r = CliRunner().invoke(app, ["eval", str(out), "--method", "oneshot", "--json"])
+    assert r.exit_code == 0 and '"task_inference_accuracy": 1.0' in r.output
