@@ -157,7 +157,7 @@ def _apply_low_rank(W, A, B, sigma):
     W += A.T @ B
 
 
-def store_blocked(rule: str, W: np.ndarray, Z: np.ndarray, block: int = 256, inner: int = 32) -> int:
+def store_blocked(rule: str, W: np.ndarray, Z: np.ndarray, block: int = 256, inner: int = 8) -> int:
     """Store the ±1 patterns Z (n, d), in order, into W in place; returns how many were stored.
 
     Two levels: every `block` patterns W is written once (one GEMM of rank 2·block); inside a
@@ -215,9 +215,7 @@ def _run(rule_id, Z, Q, A, B, m, delta, diag, sigma, c, tol, r0, r1):
         for j in range(d):
             f[j] = Q[k, j] + delta[j] * Z[k, j]
         for r in range(m_run, m):  # rows added earlier in this run
-            coef = 0.0
-            for j in range(d):
-                coef += B[r, j] * Z[k, j]
+            coef = np.dot(B[r], Z[k])  # BLAS dot: a plain loop here would not vectorise
             for j in range(d):
                 f[j] += coef * A[r, j]
         for j in range(d):
