@@ -170,6 +170,7 @@ def plot_accuracy(result: dict, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = [t["task"] for t in result["per_task"]]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -179,6 +180,7 @@ def plot_accuracy(result: dict, path) -> None:
     if all(g is not None for g in gg) and result["method"] != "gg":
         ax.plot(tasks, gg, "--", color="gray", label=f"task given (mean {np.mean(gg):.3f})")
     ax.set_xlabel("task")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
