@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from compression.codecs import CODECS, check_mask, entropy_bits
+from supsup_hopfield.memory import HopfieldMemory, block_edges
 
 EXPLICIT = ("csc16", "bitpack", "entropy", "delta")
 FORMATS = EXPLICIT + ("hopfield",)
@@ -211,13 +212,6 @@ def _measure_codec(name, masks, bases):
             "encode_s": t1 - t0, "decode_s": t2 - t1}
 
 
-def _memory_class():
-    """The Hopfield memory class (a hook so tests can substitute a stand-in)."""
-    from supsup_hopfield.memory import HopfieldMemory
-
-    return HopfieldMemory
-
-
 def _measure_hopfield(masks, dim, rule, dtype, curve_points):
     tasks = masks.shape[0]
     flat = masks.reshape(tasks, -1)
@@ -228,14 +222,10 @@ def _measure_hopfield(masks, dim, rule, dtype, curve_points):
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 2:
         raise ValueError(f"hopfield_dim: expected an integer >= 2, got {dim!r}")
     dim = int(dim)
-    # block edges; a 1-entry remainder joins the block before it (a memory needs dim >= 2)
-    edges = list(range(0, length, dim)) + [length]
-    if edges[-1] - edges[-2] == 1:
-        del edges[-2]
+    edges = block_edges(length, dim)
     points = np.unique(np.linspace(1, tasks, max(1, min(int(curve_points), tasks))).round().astype(int))
     points[-1] = tasks
-    Memory = _memory_class()
-    _warm_up(Memory, rule, dtype)
+    _warm_up(rule, dtype)
     ok = np.ones((len(points), tasks), dtype=bool)  # ok[k, i]: mask i exact after points[k] tasks
     # random ±1 probes that are fixed points reveal a saturated memory (e.g. projection with
     # Ψ = I once its span is full): it then "holds" every mask, and so tells none apart
@@ -245,7 +235,7 @@ def _measure_hopfield(masks, dim, rule, dtype, curve_points):
     store_s = check_s = 0.0
     for start, stop in zip(edges[:-1], edges[1:]):
         block = flat[:, start:stop]  # (T, b), b <= dim (+1 for a folded 1-entry remainder)
-        memory = Memory(block.shape[1], rule=rule, dtype=dtype)
+        memory = HopfieldMemory(block.shape[1], rule=rule, dtype=dtype)
         probes = probe_rng.random((PROBES, block.shape[1])) < 0.5
         done = 0
         for k, n in enumerate(points):
@@ -270,10 +260,10 @@ def _measure_hopfield(masks, dim, rule, dtype, curve_points):
             "encode_s": store_s, "decode_s": check_s}, info
 
 
-def _warm_up(Memory, rule, dtype):
+def _warm_up(rule, dtype):
     """Run the memory's code paths once on a tiny memory, so JIT compile time is not timed."""
     z = np.random.default_rng(0).random((17, 16)) < 0.5
-    Memory(16, rule=rule, dtype=dtype).store(z[:1]).store(z[1:]).stable(z)
+    HopfieldMemory(16, rule=rule, dtype=dtype).store(z[:1]).store(z[1:]).stable(z)
 
 
 def _finish_row(name, row, tasks, entries, h):

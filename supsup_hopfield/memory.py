@@ -138,11 +138,6 @@ class HopfieldMemory:
         self.n_stored += len(Zf)
         return self
 
-    def field(self, states) -> np.ndarray:
-        Z, single = check_patterns(states, self.dim, "states")
-        F = Z.astype(self.dtype) @ self._W.T
-        return F[0] if single else F
-
     def energy(self, states):
         """E(s) = −½ sᵀΨs per state (float64); a scalar for one state."""
         Z, single = check_patterns(states, self.dim, "states")

@@ -283,3 +283,12 @@ def test_check_patterns_conversions():
     assert not single and Z.tolist() == [[-1, 1, 1], [1, 1, 1]]
     Z, _ = check_patterns(np.array([-1.0, 1.0, 1.0]), 3)
     assert Z.dtype == np.int8 and Z.tolist() == [[-1, 1, 1]]
+
+
+def test_block_edges():
+    from supsup_hopfield.memory import block_edges
+
+    assert block_edges(10, 4) == [0, 4, 8, 10]
+    assert block_edges(9, 4) == [0, 4, 9]  # a 1-entry remainder joins the block before it
+    assert block_edges(8, 8) == [0, 8]
+    assert block_edges(5, 100) == [0, 5]
