@@ -28,7 +28,7 @@ class App(click.Group):
             sys.exit(130)
         except click.ClickException as e:
             _fail(e.format_message())
-        except (UserError, ValueError, FileNotFoundError) as e:
+        except (UserError, ValueError, OSError) as e:  # OSError: unwritable --out or --plot, ...
             _fail(str(e))
         if not standalone_mode:
             return rv
