@@ -5,6 +5,7 @@ import click
 
 from compression import report as rep
 from supsup_hopfield.errors import UserError
+from supsup_hopfield.rules import RULES
 
 
 def _shape(ctx, param, value):
@@ -55,11 +56,14 @@ def _masks_from_archive(path, layer):
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic: random seed.")
 @click.option("--hopfield-dim", type=click.IntRange(min=2), default=None,
               help="Entries per Hopfield memory block [default: min(entries, 2048)].")
+@click.option("--hopfield-rule", type=click.Choice(RULES), default="projection", show_default=True,
+              help="Learning rule of the Hopfield memories the masks are stored in.")
 @click.option("--layer", default=None, help="ARCHIVE: which layer's masks (needed when it holds several).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of total bytes and Hopfield exactness against number of tasks.")
-def storage_report(archive, synthetic, tasks, shape, density, flips, seed, hopfield_dim, layer, as_json, plot):
+def storage_report(archive, synthetic, tasks, shape, density, flips, seed, hopfield_dim, hopfield_rule, layer,
+                   as_json, plot):
     """Compare storing masks as csc16, bitpack, entropy, delta and in Hopfield memories."""
     if synthetic == (archive is not None):
         raise UserError("storage-report: expected either --synthetic or an ARCHIVE path, got "
@@ -68,7 +72,8 @@ def storage_report(archive, synthetic, tasks, shape, density, flips, seed, hopfi
         masks, bases = rep.synthetic_masks(tasks, shape, density, flips=flips, seed=seed)
     else:
         masks, bases = _masks_from_archive(archive, layer)
-    report = rep.storage_report(masks, bases, hopfield_dim=hopfield_dim, curve_points=10 if plot else 1)
+    report = rep.storage_report(masks, bases, hopfield_dim=hopfield_dim, hopfield_rule=hopfield_rule,
+                                curve_points=10 if plot else 1)
     if plot:
         rep.plot_storage(report, plot)
     click.echo(json.dumps(report, indent=2) if as_json else rep.format_table(report))

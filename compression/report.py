@@ -26,6 +26,7 @@ import numpy as np
 
 from compression.codecs import CODECS, check_mask, entropy_bits
 from supsup_hopfield.memory import HopfieldMemory, block_edges
+from supsup_hopfield.rules import theoretical_capacity
 
 EXPLICIT = ("csc16", "bitpack", "entropy", "delta")
 FORMATS = EXPLICIT + ("hopfield",)
@@ -135,8 +136,15 @@ def format_table(report) -> str:
         if cross:
             out.append("hopfield's fixed size equals " + ", ".join(
                 f"{name} at {n:,.0f} tasks" for name, n in cross.items()) +
-                f" (if it could hold that many: each memory holds at most ~{h['dim']} exactly)")
+                f" (if it could hold that many: {_holds(h['rule'], h['dim'])})")
     return "\n".join(out)
+
+
+def _holds(rule, dim) -> str:
+    cap = theoretical_capacity(rule, dim)
+    what = "random masks by theory" if rule != "projection" else "linearly independent masks"
+    return (f"a d = {dim} {rule} memory holds about {cap:,.0f} {what}" if cap is not None
+            else f"a d = {dim} {rule} memory holds about 0.2·d random masks, measured at d = 512")
 
 
 def plot_storage(report, path) -> None:

@@ -183,3 +183,11 @@ def test_cli_reads_an_archive(tmp_path):
     path.write_bytes(b"not really hdf5")
     result = _run([str(path)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_hopfield_rule_option():
+    result = _run(["--synthetic", "--tasks", "5", "--shape", "16,8", "--hopfield-rule", "storkey", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["hopfield"]["rule"] == "storkey"
+    result = _run(["--synthetic", "--tasks", "5", "--shape", "16,8", "--hopfield-rule", "oja"])
+    assert result.exit_code == 2 and "'oja' is not one of" in result.output
