@@ -35,9 +35,14 @@ class CapacityResult:
 
     @property
     def max_all_stable(self) -> int:
-        """Largest measured count at which every stored pattern was a fixed point (0 if none)."""
-        ok = [p["patterns"] for p in self.points if p["stable_fraction"] == 1.0]
-        return max(ok, default=0)
+        """Largest measured count up to which every stored pattern stayed a fixed point, at every
+        count measured (0 if none): the count before the first failure, not a later recovery."""
+        best = 0
+        for p in self.points:
+            if p["stable_fraction"] < 1.0:
+                break
+            best = p["patterns"]
+        return best
 
     def to_dict(self) -> dict:
         return {**asdict(self.config), "theoretical_capacity": self.theoretical_capacity,
@@ -110,7 +115,7 @@ def format_table(result: CapacityResult) -> str:
         lines.append(f"{p['patterns']:>8}  {p['stable_fraction']:>12.3f}  "
                      f"{p['recall_exact_fraction']:>16.3f}  {p['mean_hamming']:>12.2f}"
                      f"  {p['random_stable_fraction']:>20.3f}")
-    lines.append(f"all stored patterns are fixed points up to {result.max_all_stable} patterns (measured)")
+    lines.append(f"all stored patterns are fixed points at every count up to {result.max_all_stable} (measured)")
     if any(p["random_stable_fraction"] > 0.5 for p in result.points):
         lines.append("random states are fixed points too at some counts: the memory is saturated there "
                      "(it holds everything, so it tells nothing apart)")
