@@ -8,16 +8,15 @@ and memories from the file. The result is one JSON-ready dict, and is appended t
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 
 from supsup_hopfield.archive import read_archive, write_archive
-from supsup_hopfield.basenet import build_basenet
 from supsup_hopfield.errors import UserError
-from supsup_hopfield.streams import make_stream
-from supsup_hopfield.training import resolve_device
+from supsup_hopfield.run import RunConfig, stream_and_net
 
 METHODS = ("gg", "oneshot", "binary", "g", "hopfield")
 
@@ -48,12 +47,9 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
     elif not archive.masks:
         raise UserError(f"{path}: method {method} needs the explicit masks, and this run was trained "
                         f"with --no-keep-masks; use --method hopfield")
-    dev = resolve_device(device)
-    net = build_basenet(net_cfg["architecture"], net_cfg["widths"], net_cfg["outputs"], net_cfg["seed"], device=dev)
-    recipe = archive.config["stream"]
-    stream = make_stream(recipe["name"], seed=recipe["seed"], relabel=recipe.get("relabel", False),
-                         n_tasks=tasks if recipe["name"].startswith("split") else None,
-                         data_dir=data_dir, device=dev)
+    cfg = RunConfig.from_dict(run)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+    stream, net = stream_and_net(cfg, tasks, data_dir, download=False)
     start = time.perf_counter()
     if archive.config.get("scenario") == "nns":
         per_task = _nns(net, archive, stream, tasks, method, batch_size)

@@ -165,7 +165,7 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
     if out.exists() and out.is_dir():
         raise UserError(f"{out} is a folder; give a file path for --out")
 
-    stream, net = _stream_and_net(cfg, tasks, data_dir, download)
+    stream, net = stream_and_net(cfg, tasks, data_dir, download)
     slots = memory_slots(cfg)
     config = {"run": cfg.to_dict(), "base_network": net.spec.to_dict(), "stream": stream.recipe(),
               "memory_slots": [dataclasses.asdict(s) for s in slots]}
@@ -235,7 +235,7 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to overwrite it (NNs runs are not resumable)")
     nns_cfg = NNsConfig(check_every=check_every, budget=budget, train=cfg.train)
-    stream, net = _stream_and_net(cfg, tasks, data_dir, download)
+    stream, net = stream_and_net(cfg, tasks, data_dir, download)
     masks, report = train_nns(net, stream, tasks, cfg.train.steps, nns_cfg, progress=progress)
     scores = evaluate_nns(net, masks, stream, range(tasks), report["task_to_mask"], "oneshot")
     slots = memory_slots(cfg)
@@ -260,8 +260,9 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
     return archive, report
 
 
-def _stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool):
-    """The run's task stream (data on the training device) and its frozen base network."""
+def stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool):
+    """The run's task stream (data on the training device) and its frozen base network, rebuilt
+    from the config alone (also how `evaluation` rebuilds a saved run)."""
     device = resolve_device(cfg.train.device)
     stream = make_stream(cfg.dataset, seed=cfg.seed, n_tasks=tasks if "split" in cfg.dataset else None,
                          data_dir=data_dir, download=download, device=device)
