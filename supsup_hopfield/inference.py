@@ -184,8 +184,8 @@ def _weighted_kernel(packed, rows, weights, bits, out):
 
 @njit(parallel=True, cache=True)
 def _inner_kernel(packed, rows, g, lowbit, n_threads):
-    """<g, M_r> for every r in rows: float64 (rows.size,). g is float32 of length 8 * n_bytes
-    (zero past the last entry, so padding bits add nothing).
+    """<g, M_r> for every r in rows, as per-thread partial sums: float64 (n_threads, rows.size).
+    g is float32 of length 8 * n_bytes (zero past the last entry, so padding bits add nothing).
 
     The byte columns are split into `n_threads` contiguous ranges (one per thread, each with its
     own partial sums); a range is walked in chunks of `_INNER_BYTES` columns: build each column's
@@ -238,11 +238,7 @@ def _inner_kernel(packed, rows, g, lowbit, n_threads):
                     a0 += table[256 * c + packed[rows[r], c0 + c]]
                 partial[t, r] += a0
                 r += 1
-    out = np.zeros(k, np.float64)
-    for t in range(n_threads):
-        for r in range(k):
-            out[r] += partial[t, r]
-    return out
+    return partial  # (n_threads, k): summed over threads by the caller
 
 
 @njit(parallel=True, cache=True)
@@ -264,11 +260,7 @@ def _inner_direct_kernel(packed, rows, g, bits, n_threads):
                 for j in range(8):
                     acc[j] += bits[b, j] * g[8 * c + j]
             partial[t, r] = acc.astype(np.float64).sum()
-    out = np.zeros(k, np.float64)
-    for t in range(n_threads):
-        for r in range(k):
-            out[r] += partial[t, r]
-    return out
+    return partial  # (n_threads, k): summed over threads by the caller
 
 
 def _run(kernel, threads: int, *args):
@@ -503,9 +495,9 @@ class PackedMaskBank:
             padded[:n] = g
             threads = _threads(rows, full.shape[1])
             if rows.size < _TABLE_ROWS:
-                total += _run(_inner_direct_kernel, threads, full, rows, padded, _BITS, threads)
+                total += _run(_inner_direct_kernel, threads, full, rows, padded, _BITS, threads).sum(axis=0)
             else:
-                total += _run(_inner_kernel, threads, full, rows, padded, _LOWBIT, threads)
+                total += _run(_inner_kernel, threads, full, rows, padded, _LOWBIT, threads).sum(axis=0)
         return total
 
 
