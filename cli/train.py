@@ -102,7 +102,7 @@ def _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download):
         def progress(step, loss, slot):
             bar.update(1)
             if step % 25 == 0:
-                bar.set_postfix_str(f"mask {slot}, loss {loss:.3f}", refresh=False)
+                bar.set_postfix_str(f"mask {slot}, loss {float(loss):.3f}", refresh=False)
 
         archive, report = train_nns_run(cfg, tasks, out, force=force, check_every=check_every, budget=budget,
                                         data_dir=data_dir, download=download, progress=progress)
@@ -155,7 +155,7 @@ class _Bar:
         self.bar.update(1)
         if step % 25 == 0 or step == self.steps:
             self.bar.set_description(f"task {task + 1}/{self.total}", refresh=False)
-            self.bar.set_postfix_str(f"loss {loss:.3f}, {self._rate()}", refresh=False)
+            self.bar.set_postfix_str(f"loss {float(loss):.3f}, {self._rate()}", refresh=False)
 
     def task_done(self, record):
         self.finished += 1

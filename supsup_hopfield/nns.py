@@ -270,13 +270,14 @@ class NNsLearner:
 
 
 def train_nns(net: BaseNet, stream, n_tasks: int, steps_per_task: int, config: NNsConfig,
-              progress: Optional[Callable[[int, float, int], None]] = None) -> Tuple[List[List[np.ndarray]], dict]:
+              progress: Optional[Callable[[int, torch.Tensor, int], None]] = None) -> Tuple[List[List[np.ndarray]], dict]:
     """Feed tasks 0..n_tasks-1 of `stream` in order, `steps_per_task` batches each, to an
     `NNsLearner` that is told neither the task nor its boundaries.
 
     Returns (masks, report): masks holds one entry per allocated slot (a list of numpy bool
     arrays, one per masked layer); the report compares the learner's decisions with the truth
-    (`_report`). `progress(step, loss, slot)` is called after every batch (1-based step).
+    (`_report`). `progress(step, loss, slot)` is called after every batch (1-based step), the loss
+    a 0-dim tensor on the device (see `training.train_task`).
     """
     if int(n_tasks) < 1 or int(steps_per_task) < 1:
         raise UserError(f"tasks/steps per task: expected at least 1 each, got {n_tasks}/{steps_per_task}; "
@@ -295,7 +296,7 @@ def train_nns(net: BaseNet, stream, n_tasks: int, steps_per_task: int, config: N
             slot, loss = learner.observe(x, y)
             step += 1
             if progress is not None:
-                progress(step, float(loss), slot)
+                progress(step, loss, slot)
     report = _report(learner, n_tasks, steps_per_task)
     report["seconds"] = time.perf_counter() - start
     return learner.masks(), report

@@ -106,13 +106,14 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train_task(net: BaseNet, task: Task, config: TrainConfig, task_index: int,
-               progress: Optional[Callable[[int, float], None]] = None) -> Tuple[List[np.ndarray], dict]:
+               progress: Optional[Callable[[int, torch.Tensor], None]] = None) -> Tuple[List[np.ndarray], dict]:
     """Learn the supermask of `task` on the frozen `net`.
 
     Returns (masks, info): masks is one numpy bool array per masked layer (`net.mask_shapes`);
     info holds seconds, steps, final_loss (mean of the last 50 steps), density, flip_fraction
     (entries differing from the initial mask) and samples_per_s. `progress(step, loss)` is
-    called after every step (1-based) when given.
+    called after every step (1-based) when given, with the loss as a 0-dim tensor on the
+    device: `float(loss)` waits for the GPU, so a progress bar reads it only when it redraws.
     """
     device = resolve_device(config.device)
     net.to(device)
@@ -140,7 +141,7 @@ def train_task(net: BaseNet, task: Task, config: TrainConfig, task_index: int,
         optimizer.step()
         losses[step] = loss.detach()
         if progress is not None:
-            progress(step + 1, float(loss.detach()))
+            progress(step + 1, loss.detach())
 
     # 4. export
     masks = binarize(scores, mask_config)

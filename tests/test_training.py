@@ -34,7 +34,7 @@ def test_short_run_beats_the_initial_mask(small):
     config = TrainConfig(steps=150, batch_size=64, lr=1e-3, device="cpu")
     before = evaluate(net, initial_mask(net, config.mask_config, config.seed, 1), task)
     calls = []
-    masks, info = train_task(net, task, config, task_index=1, progress=lambda s, l: calls.append((s, l)))
+    masks, info = train_task(net, task, config, task_index=1, progress=lambda s, l: calls.append((s, float(l))))
     after = evaluate(net, masks, task)
     assert after > 0.6 and after > before + 0.3, (before, after)
     assert [s for s, _ in calls] == list(range(1, 151)) and all(np.isfinite(l) for _, l in calls)
