@@ -66,11 +66,63 @@ class Archive:
     (tuples as lists, dict keys as strings)."""
 
     memories: dict[str, "HopfieldMemory"] = field(default_factory=dict)  # layer -> memory
-    masks: dict[str, np.ndarray] | None = None  # layer -> bool (tasks, *layer_shape)
+    masks: dict[str, "np.ndarray | PackedMasks"] | None = None  # layer -> bool (tasks, *layer_shape)
     config: dict = field(default_factory=dict)  # resolved run config (JSON)
     per_task: list[dict] = field(default_factory=list)  # {"task", "accuracy", "mask_sha256", ...}
     evaluations: list[dict] = field(default_factory=list)  # results of `eval` runs
     versions: dict = field(default_factory=dict)  # software that wrote the file
+
+
+class PackedMasks:
+    """One layer's masks of many tasks, bit-packed exactly as an archive stores them: row t of
+    `bits` (uint8, (tasks, ceil(n/8))) is `np.packbits(mask_t.ravel())`, zero-padded; `mask_shape`
+    is one task's mask shape. 8x smaller than bool arrays, so a long run keeps its masks this way.
+    `masks[t]` unpacks task t's mask, `masks[a:b]` and `np.asarray(masks)` unpack to bool."""
+
+    def __init__(self, bits, mask_shape):
+        self.bits = np.asarray(bits)
+        self.mask_shape = tuple(int(n) for n in mask_shape)
+        n_bits = int(np.prod(self.mask_shape, dtype=np.int64))
+        if self.bits.dtype != np.uint8 or self.bits.ndim != 2 or self.bits.shape[1] != (n_bits + 7) // 8:
+            raise ValueError(f"packed masks: expected uint8 bits of shape (tasks, {(n_bits + 7) // 8}) for "
+                             f"masks of shape {self.mask_shape}, got {self.bits.dtype} {self.bits.shape}")
+        pad = 8 * self.bits.shape[1] - n_bits
+        if pad and self.bits.shape[0] and (self.bits[:, -1] & ((1 << pad) - 1)).any():
+            raise ValueError("packed masks: the padding bits of each row must be zero (as np.packbits writes them)")
+
+    @classmethod
+    def pack(cls, masks) -> "PackedMasks":
+        """Pack bool masks (tasks, *mask_shape)."""
+        a = _check_bool(masks, "masks")
+        if a.ndim < 2:
+            raise ValueError(f"masks: expected shape (tasks, *mask_shape), got {a.shape}")
+        n_bits = int(np.prod(a.shape[1:], dtype=np.int64))
+        return cls(np.packbits(a.reshape(a.shape[0], n_bits), axis=1), a.shape[1:])
+
+    @property
+    def n_bits(self) -> int:
+        return int(np.prod(self.mask_shape, dtype=np.int64))
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self), *self.mask_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.mask_shape)
+
+    def __len__(self) -> int:
+        return self.bits.shape[0]
+
+    def __getitem__(self, index):
+        rows = self.bits[index]
+        if rows.ndim == 1:
+            return np.unpackbits(rows, count=self.n_bits).astype(bool).reshape(self.mask_shape)
+        return np.unpackbits(rows, axis=1, count=self.n_bits).astype(bool).reshape((len(rows), *self.mask_shape))
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -212,12 +264,11 @@ class _Writer:
         self.stamp(g, "hopfield-memory", rule=str(mem.rule), dim=int(w.shape[0]),
                    n_stored=int(mem.n_stored))
 
-    def masks(self, parent, masks: dict[str, np.ndarray], n_tasks: int) -> None:
+    def masks(self, parent, masks: dict, n_tasks: int) -> None:
         g = parent.create_group("masks")
         for name, m in masks.items():
-            n_bits = int(np.prod(m.shape[1:], dtype=np.int64))
-            packed = np.packbits(m.reshape(n_tasks, n_bits), axis=1)  # (tasks, ceil(n_bits/8))
-            self.dataset(g, name, packed, "packed-masks", bit_shape=json.dumps(list(m.shape[1:])))
+            packed = m if isinstance(m, PackedMasks) else PackedMasks.pack(m)
+            self.dataset(g, name, packed.bits, "packed-masks", bit_shape=json.dumps(list(packed.mask_shape)))
         self.stamp(g, "mask-set", keys=_to_json(list(masks), "masks"), n_tasks=n_tasks)
 
 
@@ -238,7 +289,7 @@ def _check_archive(archive: Archive):
         masks = {}
         for name, m in dict(archive.masks).items():
             _check_name(name, "masks")
-            a = _check_bool(m, f"masks[{name!r}]")
+            a = m if isinstance(m, PackedMasks) else _check_bool(m, f"masks[{name!r}]")
             if a.ndim < 2:
                 raise ValueError(f"masks[{name!r}]: expected shape (tasks, *layer_shape), got {a.shape}")
             masks[name] = a
@@ -483,8 +534,10 @@ def _read_packed(r: _Reader, name, obj, attrs, n_tasks=None):
     packed = r.data(name, obj, attrs, dtypes=("|u1",), ndim=2)
     if not r.load:
         return (got[0],) + shape
-    bits = np.unpackbits(packed, axis=1, count=n_bits).astype(bool)
-    return bits.reshape((got[0],) + shape)
+    try:
+        return PackedMasks(packed, shape)
+    except ValueError as e:
+        raise r.error(f"{name}: {e}") from None
 
 
 @_reader("mask-set", "1")
@@ -569,10 +622,15 @@ def _read(path, load: bool, verify: bool) -> dict:
             return parts
 
 
-def read_archive(path) -> Archive:
-    """Read and fully verify an archive. Raises ArchiveError for anything wrong with the file."""
+def read_archive(path, packed_masks: bool = False) -> Archive:
+    """Read and fully verify an archive. Raises ArchiveError for anything wrong with the file.
+    Masks come back as bool arrays (tasks, *layer_shape), or as `PackedMasks` (8x smaller) with
+    `packed_masks=True`."""
     p = _read(path, load=True, verify=True)
-    return Archive(memories=p["memories"], masks=p["masks"], config=p["config"],
+    masks = p["masks"]
+    if masks is not None and not packed_masks:
+        masks = {k: np.asarray(m) for k, m in masks.items()}
+    return Archive(memories=p["memories"], masks=masks, config=p["config"],
                    per_task=p["per_task"], evaluations=p["evaluations"], versions=p["versions"])
 
 
@@ -599,5 +657,5 @@ def load_memory(path, layer: str | None = None) -> "HopfieldMemory":
     return memories[layer]
 
 
-__all__ = ["SCHEMA_VERSION", "Archive", "Header", "MemoryInfo", "write_archive", "read_archive",
+__all__ = ["SCHEMA_VERSION", "Archive", "PackedMasks", "Header", "MemoryInfo", "write_archive", "read_archive",
            "read_header", "save_memory", "load_memory", "mask_sha256", "software_versions"]

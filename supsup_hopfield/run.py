@@ -3,9 +3,10 @@
 This is `supsup-hf train` without the command line (DESIGN.md §1 and §5). For every task of
 the stream: learn its supermask on the frozen base network (`training.train_task`), measure its
 accuracy with the task given (GG), feed the mask into the Hopfield memory as z = 2m − 1, keep the
-explicit mask (bit-packed in the archive) and the task's metrics. Every `checkpoint_every` tasks,
-at the end, and on Ctrl-C, the archive is rewritten atomically, so a killed run loses at most
-the tasks since the last checkpoint and `resume=True` carries on from there.
+explicit mask (bit-packed in RAM as in the archive: 2500 lenet masks take 98 MB, not 788) and the
+task's metrics. Every `checkpoint_every` tasks, at the end, and on Ctrl-C, the archive is
+rewritten atomically, so a killed run loses at most the tasks since the last checkpoint and
+`resume=True` carries on from there.
 
 Memory layout. Neuron masks (hopnet) go into one memory per masked layer (`per-layer`) or one
 memory over all layers' masks concatenated (`joint`). A memory is d×d, so over weight masks
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from supsup_hopfield.archive import Archive, mask_sha256, read_archive, write_archive
+from supsup_hopfield.archive import Archive, PackedMasks, mask_sha256, read_archive, write_archive
 from supsup_hopfield.basenet import DEFAULT_WIDTHS, MASK_KINDS, BaseNetSpec, build_basenet
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.masks import initial_mask
@@ -174,23 +175,26 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
 
     n_layers = len(cfg.layer_sizes())
     if resume:
-        saved = read_archive(out)
+        saved = read_archive(out, packed_masks=True)
         _check_same_run(out, saved.config, config)
         if cfg.keep_masks and saved.masks is None and saved.per_task:
             raise UserError(f"{out} was written with --no-keep-masks; resume it with --no-keep-masks")
         memories, per_task, evaluations = saved.memories, list(saved.per_task), saved.evaluations
-        kept = [list(saved.masks[f"layer{l}"]) for l in range(n_layers)] if saved.masks else None
+        kept = [list(saved.masks[f"layer{l}"].bits) for l in range(n_layers)] if saved.masks else None
     else:
         memories = {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in slots}
         per_task, evaluations, kept = [], [], None
     if cfg.keep_masks and kept is None:
-        kept = [[] for _ in range(n_layers)]  # per layer, one bool mask per finished task
+        kept = [[] for _ in range(n_layers)]  # per layer, one bit-packed mask row per finished task
     archive = Archive(memories=memories, config=config, per_task=per_task, evaluations=evaluations)
 
     def save():
         if cfg.keep_masks:
-            archive.masks = {f"layer{l}": np.stack(ms) if ms else np.zeros((0, *net.mask_shapes[l]), bool)
-                             for l, ms in enumerate(kept)}
+            archive.masks = {}
+            for l, rows in enumerate(kept):
+                shape = net.mask_shapes[l]
+                empty = np.zeros((0, (int(np.prod(shape)) + 7) // 8), np.uint8)
+                archive.masks[f"layer{l}"] = PackedMasks(np.stack(rows) if rows else empty, shape)
         archive.config["tasks"] = len(per_task)
         write_archive(out, archive)
         progress.saved(out, len(per_task))
@@ -207,7 +211,7 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
                 memories[slot.name].store(slot_pattern(slot, layer_masks))
             if cfg.keep_masks:
                 for l, m in enumerate(layer_masks):
-                    kept[l].append(m)
+                    kept[l].append(np.packbits(m.ravel()))
             record = {"task": i, "accuracy": accuracy, "mask_sha256": mask_sha256(layer_masks),
                       **{k: info[k] for k in ("seconds", "final_loss", "density", "flip_fraction")}}
             per_task.append(record)

@@ -311,3 +311,31 @@ def test_inspect_bad_files_one_line_exit_2(tmp_path):
     for p in (tmp_path / "t.h5", tmp_path / "missing.h5"):
         r = invoke("inspect", p)
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("shape", [(3, 13), (2, 3, 5), (4, 8), (0, 9)])
+def test_packed_masks_are_the_archive_rows(tmp_path, shape):
+    """PackedMasks holds exactly the rows an archive stores: unpacking gives the bool masks back,
+    each row hashes like `mask_sha256`, and writing packed or bool masks gives the same archive."""
+    masks = np.random.default_rng(3).random(shape) < 0.5
+    packed = A.PackedMasks.pack(masks)
+    assert packed.shape == shape and len(packed) == shape[0] and packed.bits.shape[1] == -(-np.prod(shape[1:]) // 8)
+    assert np.array_equal(np.asarray(packed), masks) and np.array_equal(packed[1:3], masks[1:3])
+    for t in range(shape[0]):
+        assert np.array_equal(packed[t], masks[t])
+        assert hashlib.sha256(packed.bits[t].tobytes()).hexdigest() == A.mask_sha256([masks[t]])
+    A.write_archive(tmp_path / "p.h5", A.Archive(masks={"m": packed}))
+    A.write_archive(tmp_path / "b.h5", A.Archive(masks={"m": masks}))
+    for name in ("p.h5", "b.h5"):
+        back = A.read_archive(tmp_path / name, packed_masks=True).masks["m"]
+        assert isinstance(back, A.PackedMasks) and np.array_equal(back.bits, packed.bits)
+        assert np.array_equal(A.read_archive(tmp_path / name).masks["m"], masks)
+
+
+def test_packed_masks_reject_wrong_rows():
+    with pytest.raises(ValueError, match="uint8 bits of shape"):
+        A.PackedMasks(np.zeros((2, 3), np.uint8), (13,))  # 13 bits need 2 bytes
+    with pytest.raises(ValueError, match="uint8 bits of shape"):
+        A.PackedMasks(np.zeros((2, 2), np.int16), (13,))
+    with pytest.raises(ValueError, match="padding bits"):
+        A.PackedMasks(np.array([[0, 1]], np.uint8), (13,))  # bit 16 of a 13-bit mask

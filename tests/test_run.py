@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import app
-from supsup_hopfield.archive import mask_sha256, read_archive, read_header
+from supsup_hopfield.archive import PackedMasks, mask_sha256, read_archive, read_header
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.run import RunConfig, memory_slots, slot_pattern, train_run
 from supsup_hopfield.training import TrainConfig
@@ -79,9 +79,14 @@ def test_resume_extends_and_keeps_finished_masks(tmp_path):
     out = tmp_path / "r.h5"
     train_run(small_config(), 2, out)
     first = read_archive(out)
-    train_run(small_config(), 4, out, resume=True)
+    returned = train_run(small_config(), 4, out, resume=True)
     a = read_archive(out)
     assert len(a.per_task) == 4 and a.memories["layer0"].n_stored == 4
+    for t, rec in enumerate(a.per_task):  # the run keeps its masks bit-packed, rows as saved
+        rows = [returned.masks[f"layer{l}"] for l in range(2)]
+        assert all(isinstance(r, PackedMasks) for r in rows)
+        assert rec["mask_sha256"] == mask_sha256([r[t] for r in rows])
+        assert np.array_equal(rows[0][t], a.masks["layer0"][t])
     assert [t["mask_sha256"] for t in a.per_task[:2]] == [t["mask_sha256"] for t in first.per_task]
     full = tmp_path / "full.h5"  # resuming gives what one uninterrupted run gives
     train_run(small_config(), 4, full)
