@@ -34,7 +34,7 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
     if batch_size < 2:
         raise UserError(f"batch size: expected at least 2, got {batch_size}")
     path = Path(path)
-    archive = read_archive(path)
+    archive = read_archive(path, packed_masks=True)  # masks stay bit-packed (8x less RAM)
     if "run" not in archive.config or not archive.per_task:
         raise UserError(f"{path}: holds no trained tasks to evaluate; train into it with supsup-hf train")
     run, net_cfg = archive.config["run"], archive.config["base_network"]
@@ -106,7 +106,9 @@ def _gg(net, archive, stream, tasks, batch_size):
 def _inferred(net, archive, stream, tasks, method, batch_size):
     from supsup_hopfield.inference import PackedMaskBank, evaluate_inference
 
-    bank = PackedMaskBank.from_masks([_layer_masks(archive, t) for t in range(tasks)], net.mask_shapes)
+    # the archive's rows are the bank's rows: no unpacking
+    bank = PackedMaskBank([archive.masks[f"layer{l}"].bits[:tasks] for l in range(len(archive.masks))],
+                          net.mask_shapes)
     res = evaluate_inference(net, bank, stream, range(tasks), method=method, batch_size=batch_size)
     return [{"task": t, "accuracy": r["accuracy"], "task_inference_accuracy": r["task_inference_accuracy"],
              "task_given_accuracy": r["task_given_accuracy"], "seconds_per_batch": r["seconds_per_batch"]}

@@ -19,8 +19,11 @@ def run_copy(small_run, tmp_path):
 
 
 def test_gg_matches_training_accuracy_and_is_recorded(run_copy):
+    before = read_archive(run_copy, packed_masks=True)
     res = evaluate_run(run_copy, "gg", batch_size=1000, device="cpu")
-    saved = read_archive(run_copy)
+    saved = read_archive(run_copy, packed_masks=True)
+    for layer, m in before.masks.items():  # recording the result rewrote the file: masks unchanged
+        assert np.array_equal(saved.masks[layer].bits, m.bits)
     trained = [t["accuracy"] for t in saved.per_task]
     np.testing.assert_allclose([t["accuracy"] for t in res["per_task"]], trained)  # same batches
     assert res["task_inference_accuracy"] == 1.0
@@ -31,14 +34,17 @@ def test_gg_matches_training_accuracy_and_is_recorded(run_copy):
 def test_binary_inference_json_via_cli(run_copy, tmp_path):
     plot = tmp_path / "acc.png"
     r = CliRunner().invoke(app, ["eval", str(run_copy), "--method", "binary", "--device", "cpu",
-                                 "--json", "--plot", str(plot)])
+                                 "--batch-size", "1000", "--json", "--plot", str(plot)])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert {"method", "mean_accuracy", "task_inference_accuracy", "seconds_per_batch", "per_task"} <= set(res)
     assert [t["task"] for t in res["per_task"]] == [0, 1, 2]
     assert all({"task", "accuracy", "task_inference_accuracy"} <= set(t) for t in res["per_task"])
+    trained = [t["accuracy"] for t in read_archive(run_copy).per_task]
     for t in res["per_task"]:  # a batch counts only when its task was found
         assert t["accuracy"] <= t["task_given_accuracy"] + 1e-12
+        # bank row t is task t (hopnet's BatchNorm: same batch size as training's evaluation)
+        assert t["task_given_accuracy"] == pytest.approx(trained[t["task"]])
     assert plot.stat().st_size > 1000
     assert len(read_archive(run_copy).evaluations) == 1
 
