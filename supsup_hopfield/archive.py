@@ -66,7 +66,7 @@ class Archive:
     (tuples as lists, dict keys as strings)."""
 
     memories: dict[str, "HopfieldMemory"] = field(default_factory=dict)  # layer -> memory
-    masks: dict[str, "np.ndarray | PackedMasks"] | None = None  # layer -> bool (tasks, *layer_shape)
+    masks: dict[str, "np.ndarray | PackedMasks"] | None = None  # layer -> (tasks, *layer_shape)
     config: dict = field(default_factory=dict)  # resolved run config (JSON)
     per_task: list[dict] = field(default_factory=list)  # {"task", "accuracy", "mask_sha256", ...}
     evaluations: list[dict] = field(default_factory=list)  # results of `eval` runs
@@ -121,6 +121,8 @@ class PackedMasks:
         return np.unpackbits(rows, axis=1, count=self.n_bits).astype(bool).reshape((len(rows), *self.mask_shape))
 
     def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("packed masks: unpacking to bool always copies; call np.asarray without copy=False")
         a = self[:]
         return a if dtype is None else a.astype(dtype)
 

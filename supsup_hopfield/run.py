@@ -176,6 +176,9 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
     n_layers = len(cfg.layer_sizes())
     if resume:
         saved = read_archive(out, packed_masks=True)
+        if saved.config.get("scenario") == "nns":
+            raise UserError(f"{out} holds an NNs run (masks not per task), which cannot be resumed as a "
+                            f"task-given run; write to a new --out")
         _check_same_run(out, saved.config, config)
         if cfg.keep_masks and saved.masks is None and saved.per_task:
             raise UserError(f"{out} was written with --no-keep-masks; resume it with --no-keep-masks")

@@ -176,3 +176,7 @@ def test_nns_scenario_via_cli(tmp_path):
     assert r.exit_code == 2 and "NNs run" in r.output
     r = CliRunner().invoke(app, ["eval", str(out), "--method", "oneshot", "--json"])
     assert r.exit_code == 0 and '"task_inference_accuracy": 1.0' in r.output
+    before = out.read_bytes()
+    r = CliRunner().invoke(app, ["train", "--tasks", "3", "--steps", "200", "--dataset", "permuted-fashion-mnist",
+                                 "--model", "lenet", "--device", "cpu", "--out", str(out), "--resume"])
+    assert r.exit_code == 2 and "NNs run" in r.output and out.read_bytes() == before
