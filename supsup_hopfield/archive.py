@@ -82,11 +82,12 @@ class PackedMasks:
     def __init__(self, bits, mask_shape):
         self.bits = np.asarray(bits)
         self.mask_shape = tuple(int(n) for n in mask_shape)
-        n_bits = int(np.prod(self.mask_shape, dtype=np.int64))
-        if self.bits.dtype != np.uint8 or self.bits.ndim != 2 or self.bits.shape[1] != (n_bits + 7) // 8:
-            raise ValueError(f"packed masks: expected uint8 bits of shape (tasks, {(n_bits + 7) // 8}) for "
+        self.n_bits = int(np.prod(self.mask_shape, dtype=np.int64))
+        n_bytes = (self.n_bits + 7) // 8
+        if self.bits.dtype != np.uint8 or self.bits.ndim != 2 or self.bits.shape[1] != n_bytes:
+            raise ValueError(f"packed masks: expected uint8 bits of shape (tasks, {n_bytes}) for "
                              f"masks of shape {self.mask_shape}, got {self.bits.dtype} {self.bits.shape}")
-        pad = 8 * self.bits.shape[1] - n_bits
+        pad = 8 * n_bytes - self.n_bits
         if pad and self.bits.shape[0] and (self.bits[:, -1] & ((1 << pad) - 1)).any():
             raise ValueError("packed masks: the padding bits of each row must be zero (as np.packbits writes them)")
 
@@ -98,10 +99,6 @@ class PackedMasks:
             raise ValueError(f"masks: expected shape (tasks, *mask_shape), got {a.shape}")
         n_bits = int(np.prod(a.shape[1:], dtype=np.int64))
         return cls(np.packbits(a.reshape(a.shape[0], n_bits), axis=1), a.shape[1:])
-
-    @property
-    def n_bits(self) -> int:
-        return int(np.prod(self.mask_shape, dtype=np.int64))
 
     @property
     def shape(self) -> tuple:

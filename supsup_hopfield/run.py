@@ -193,11 +193,9 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
 
     def save():
         if cfg.keep_masks:
-            archive.masks = {}
-            for l, rows in enumerate(kept):
-                shape = net.mask_shapes[l]
-                empty = np.zeros((0, (int(np.prod(shape)) + 7) // 8), np.uint8)
-                archive.masks[f"layer{l}"] = PackedMasks(np.stack(rows) if rows else empty, shape)
+            archive.masks = {f"layer{l}": PackedMasks(np.stack(rows), shape) if rows else
+                             PackedMasks.pack(np.zeros((0, *shape), bool))
+                             for l, (rows, shape) in enumerate(zip(kept, net.mask_shapes))}
         archive.config["tasks"] = len(per_task)
         write_archive(out, archive)
         progress.saved(out, len(per_task))
