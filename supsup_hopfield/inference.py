@@ -50,6 +50,7 @@ import torch
 from numba import njit, prange
 
 from supsup_hopfield.errors import UserError
+from supsup_hopfield.masks import masks_to_tensors
 
 METHODS = ("oneshot", "binary", "g", "binary-g")
 OBJECTIVES = ("entropy", "g")
@@ -562,9 +563,9 @@ def infer_task(net, bank: PackedMaskBank, x: torch.Tensor, method: str = "onesho
 
 
 @torch.no_grad()
-def _predict(net, masks: Sequence[np.ndarray], x: torch.Tensor) -> torch.Tensor:
-    device = net.device
-    return net(x.to(device), [torch.from_numpy(m).to(device=device, dtype=torch.float32) for m in masks]).argmax(1)
+def predict(net, masks: Sequence[np.ndarray], x: torch.Tensor) -> torch.Tensor:
+    """Class predictions (argmax over all outputs) of `net` under one task's `masks` for x."""
+    return net(x.to(net.device), masks_to_tensors(masks, device=net.device)).argmax(dim=1)
 
 
 def evaluate_inference(net, bank: PackedMaskBank, stream, tasks: Optional[Iterable[int]] = None,
@@ -593,8 +594,8 @@ def evaluate_inference(net, bank: PackedMaskBank, stream, tasks: Optional[Iterab
             guess = infer_task(net, bank, x, method, n_classes)
             seconds += time.perf_counter() - start
             y = y.to(net.device)
-            given = int((_predict(net, true_masks, x) == y).sum())
-            guessed = given if guess == t else int((_predict(net, bank.unpack(guess), x) == y).sum())
+            given = int((predict(net, true_masks, x) == y).sum())
+            guessed = given if guess == t else int((predict(net, bank.unpack(guess), x) == y).sum())
             given_correct += given
             inferred_correct += guessed
             correct += given if guess == t else 0

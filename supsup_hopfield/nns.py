@@ -84,8 +84,8 @@ import torch.nn.functional as F
 
 from supsup_hopfield.basenet import BATCH_TAG, BaseNet, derive_seed
 from supsup_hopfield.errors import UserError
-from supsup_hopfield.inference import OBJECTIVES, PackedMaskBank, alpha_gradient, infer_task
-from supsup_hopfield.masks import binarize, init_scores, masks_to_tensors, scores_to_masks
+from supsup_hopfield.inference import OBJECTIVES, PackedMaskBank, alpha_gradient, infer_task, predict
+from supsup_hopfield.masks import binarize, init_scores, scores_to_masks
 from supsup_hopfield.training import TrainConfig, make_optimizer, resolve_device
 
 
@@ -333,11 +333,6 @@ def _report(learner: NNsLearner, n_tasks: int, steps_per_task: int) -> dict:
     }
 
 
-@torch.no_grad()
-def _predict(net: BaseNet, masks: Sequence[np.ndarray], x: torch.Tensor) -> torch.Tensor:
-    return net(x, masks_to_tensors(masks, device=net.device)).argmax(dim=1)
-
-
 def evaluate_nns(net: BaseNet, masks: Sequence[Sequence[np.ndarray]], stream, tasks: Sequence[int],
                  task_to_mask: Optional[Sequence[int]] = None, method: str = "oneshot",
                  batch_size: int = 128) -> Dict[int, dict]:
@@ -355,7 +350,7 @@ def evaluate_nns(net: BaseNet, masks: Sequence[Sequence[np.ndarray]], stream, ta
         for x, y in stream.task(t).test_batches(batch_size):
             guess = infer_task(net, bank, x, method, stream.n_classes)
             inferred[guess] = inferred.get(guess, 0) + 1
-            correct += int((_predict(net, masks[guess], x.to(net.device)) == y.to(net.device)).sum())
+            correct += int((predict(net, masks[guess], x) == y.to(net.device)).sum())
             samples += int(y.shape[0])
         n = sum(inferred.values())
         r = {"accuracy": correct / samples, "inferred": dict(sorted(inferred.items())), "batches": n}
