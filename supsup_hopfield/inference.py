@@ -183,6 +183,14 @@ def _weighted_kernel(packed, rows, weights, bits, out):
             out[8 * c0 + e] = acc[e]
 
 
+@njit(inline="always")
+def _span(t, n_threads, n):
+    """Thread t's contiguous share [s0, s1) of n columns split over n_threads."""
+    per = (n + n_threads - 1) // n_threads
+    s0 = t * per
+    return s0, min(s0 + per, n)
+
+
 @njit(parallel=True, cache=True)
 def _inner_kernel(packed, rows, g, lowbit, n_threads):
     """<g, M_r> for every r in rows, as per-thread partial sums: float64 (n_threads, rows.size).
@@ -192,13 +200,10 @@ def _inner_kernel(packed, rows, g, lowbit, n_threads):
     own partial sums); a range is walked in chunks of `_INNER_BYTES` columns: build each column's
     256 partial sums of g, then one lookup per byte per row, 8 rows at a time.
     """
-    n_bytes = packed.shape[1]
     k = rows.size
     partial = np.zeros((n_threads, k), np.float64)
-    per = (n_bytes + n_threads - 1) // n_threads
     for t in prange(n_threads):
-        s0 = t * per
-        s1 = min(s0 + per, n_bytes)
+        s0, s1 = _span(t, n_threads, packed.shape[1])
         table = np.zeros(_INNER_BYTES * 256, np.float32)
         for c0 in range(s0, s1, _INNER_BYTES):
             w = min(_INNER_BYTES, s1 - c0)
@@ -246,13 +251,10 @@ def _inner_kernel(packed, rows, g, lowbit, n_threads):
 def _inner_direct_kernel(packed, rows, g, bits, n_threads):
     """<g, M_r> like `_inner_kernel`, for a few rows: no tables (whose 256 sums per byte column
     only pay off over many rows), 8 multiply-adds per byte per row instead."""
-    n_bytes = packed.shape[1]
     k = rows.size
     partial = np.zeros((n_threads, k), np.float64)
-    per = (n_bytes + n_threads - 1) // n_threads
     for t in prange(n_threads):
-        s0 = t * per
-        s1 = min(s0 + per, n_bytes)
+        s0, s1 = _span(t, n_threads, packed.shape[1])
         for r in range(k):
             row = rows[r]
             acc = np.zeros(8, np.float32)
