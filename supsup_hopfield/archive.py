@@ -48,7 +48,7 @@ _WRITE_VERSION = {
     ARCHIVE_TYPE: str(SCHEMA_VERSION),
     "json": "1",
     "memory-set": "1",
-    "hopfield-memory": "1",
+    "hopfield-memory": "2",
     "array": "1",
     "mask-set": "1",
     "packed-masks": "1",
@@ -260,8 +260,14 @@ class _Writer:
         w = w.astype(w.dtype.newbyteorder("<"), copy=False)
         g = parent.create_group(name)
         self.dataset(g, "weights", w, "array")
+        extra = {}
+        if mem.rule == "margin":  # the patterns it holds, as packed masks (z = +1 -> bit 1)
+            held = PackedMasks.pack(np.asarray(mem.patterns) > 0)
+            self.dataset(g, "patterns", held.bits, "packed-masks", bit_shape=json.dumps([int(w.shape[0])]))
+            extra = {"margin": _to_json(mem.margin.to_dict(), "margin", sort=True),
+                     "learned": _to_json(mem.learned, "learned", sort=True)}
         self.stamp(g, "hopfield-memory", rule=str(mem.rule), dim=int(w.shape[0]),
-                   n_stored=int(mem.n_stored))
+                   n_stored=int(mem.n_stored), **extra)
 
     def masks(self, parent, masks: dict, n_tasks: int) -> None:
         g = parent.create_group("masks")
@@ -496,7 +502,10 @@ def _read_array(r: _Reader, name, obj, attrs):
 
 
 @_reader("hopfield-memory", "1")
+@_reader("hopfield-memory", "2")
 def _read_memory(r: _Reader, name, obj, attrs):
+    """Version 2 adds, for rule `margin` only, the dataset `patterns` and the attributes
+    `margin` and `learned` (JSON); a version-1 memory is read the same way."""
     rule, dim, n_stored = attrs["rule"], attrs["dim"], attrs["n-stored"]
     wname = f"{name}/weights"
     wobj, wattrs = r.get(wname, "dataset")
@@ -507,13 +516,30 @@ def _read_memory(r: _Reader, name, obj, attrs):
     if wattrs["dtype"] not in _WEIGHT_DTYPES:
         raise r.error(f"{wname} has dtype {wattrs['dtype']}, expected one of {', '.join(_WEIGHT_DTYPES)}")
     w = r.dispatch(wname, wobj, wattrs)
+    held = margin = learned = None
+    if rule == "margin":
+        pname = f"{name}/patterns"
+        if pname not in r.manifest:
+            raise r.error(f"{name} is a margin memory without its patterns ({pname})")
+        pobj, pattrs = r.get(pname, "dataset")
+        if (pattrs.get("encoding-type"), pattrs.get("encoding-version")) != ("packed-masks", "1"):
+            raise r.error(f"{pname} should be 'packed-masks' version 1")
+        held = _read_packed(r, pname, pobj, pattrs, n_tasks=n_stored)
+        try:
+            margin, learned = json.loads(attrs["margin"]), json.loads(attrs["learned"])
+        except (KeyError, ValueError):
+            raise r.error(f"{name} lacks valid 'margin' and 'learned' attributes") from None
     if not r.load:
         return MemoryInfo(rule, dim, n_stored, np.dtype(wattrs["dtype"]).name)
     from supsup_hopfield.memory import HopfieldMemory
+    from supsup_hopfield.rules import MarginConfig
 
     try:
+        if rule == "margin":
+            return HopfieldMemory.from_state(w, rule, n_stored, np.where(held[:], 1, -1).astype(np.int8),
+                                             MarginConfig(**margin), learned)
         return HopfieldMemory.from_state(w, rule, n_stored)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise r.error(f"{name} does not hold a valid memory ({_one_line(e)})") from None
 
 

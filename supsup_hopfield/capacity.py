@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from supsup_hopfield.memory import HopfieldMemory
-from supsup_hopfield.rules import theoretical_capacity
+from supsup_hopfield.rules import flip_bits, theoretical_capacity
 
 
 @dataclass(frozen=True)
@@ -58,17 +58,6 @@ def _check(cfg: CapacityConfig):
         v = getattr(cfg, name)
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name}: expected a fraction in [0, 1], got {v}")
-
-
-def flip_bits(Z: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Copy of the ±1 patterns Z with exactly round(fraction·d) random bits flipped per row."""
-    n, d = Z.shape
-    k = int(round(fraction * d))
-    out = Z.copy()
-    if k:
-        idx = np.argsort(rng.random((n, d)), axis=1)[:, :k]
-        np.negative.at(out, (np.arange(n)[:, None], idx))
-    return out
 
 
 def measure_capacity(cfg: CapacityConfig, progress=None) -> CapacityResult:

@@ -7,12 +7,25 @@
   builds a symmetric Ψ (exactly so in real arithmetic, to the last bit or so in floating point),
   so when neuron j flips the kernel adds row j, contiguous in memory, as the column it equals.
 
-The field includes the diagonal of Ψ for every rule. Positions where `clamp` is True are never
-updated (content-addressed recall from a partial cue). Both stop at the first sweep that changes
+* annealed (mean-field): soft states x ∈ [−1, 1]^d, x ← tanh(β·h/rms(h)) with h = Jx, β raised
+  from 0.5 to 3 in 50 steps (batched over cues: one GEMM a step), then sign and asynchronous
+  recall to an exact fixed point. A soft state keeps the cue's weak evidence instead of
+  committing every neuron at its first visit, and the normalisation by the field's rms makes
+  the schedule independent of the rule's scale. From cues far from their pattern it recalls
+  what hard dynamics miss: the seeded initial masks of 250 trained hopnet masks (≈ 37% of bits
+  away) came back 99.6% exact under projection-zd, against 60% with asynchronous recall alone
+  (docs/METHOD.md).
+
+J is the matrix a memory's dynamics use (`HopfieldMemory.couplings`: Ψ, or Ψ without its
+diagonal for the rules that drop the self-coupling). Positions where `clamp` is True are never
+updated (content-addressed recall from a partial cue). Each stops at the first sweep that changes
 nothing, or after `max_sweeps`.
 """
 import numba
 import numpy as np
+
+MODES = ("sync", "async", "anneal")
+ANNEAL_BETAS = np.linspace(0.5, 3.0, 50)  # the mean-field schedule (module docstring)
 
 
 def sign(x):
@@ -104,3 +117,22 @@ def plain_async(W, s, clamp, max_sweeps, rng, chunk=4):
             if flips == 0:
                 return s, done_sweeps
     return s, done_sweeps
+
+
+def anneal(W, S, clamp, betas=ANNEAL_BETAS) -> np.ndarray:
+    """Mean-field annealing of the ±1 cues S (n, d): returns the signs of the final soft states
+    (int8, clamped positions kept at the cue's values)."""
+    X = S.astype(W.dtype)
+    free = ~clamp
+    for beta in betas:
+        H = X @ W.T  # (n, d), one GEMM for all cues (J symmetric, so W.T is free)
+        H *= beta / (np.sqrt(np.mean(H * H, axis=1, keepdims=True)) + 1e-30)
+        X[:, free] = np.tanh(H[:, free])
+    return sign(X)
+
+
+def recall_anneal(W, S, clamp, max_sweeps, rng):
+    """Annealed recall of the ±1 int8 states S (n, d) in place (`anneal`, then `recall_async`
+    to an exact fixed point); returns the asynchronous sweeps per cue."""
+    S[:] = anneal(W, S, clamp)
+    return recall_async(W, S, clamp, max_sweeps, rng)

@@ -212,7 +212,7 @@ def test_newer_schema_and_unknown_encoding(tmp_path, monkeypatch):
     monkeypatch.setitem(A._WRITE_VERSION, "hopfield-memory", "7")
     A.write_archive(tmp_path / "mem7.h5", sample_archive(n=2))
     with pytest.raises(ArchiveError, match="/memory/layer0 has encoding 'hopfield-memory' version '7', "
-                                           "this package reads versions 1; upgrade supsup-hopfield"):
+                                           "this package reads versions 1, 2; upgrade supsup-hopfield"):
         A.read_archive(tmp_path / "mem7.h5")
 
 
