@@ -1,9 +1,29 @@
-"""`supsup-hf eval`: per-task accuracy of a saved run, with the task given or inferred."""
+"""`supsup-hf eval`: per-task accuracy of a saved run, with the task given or inferred, or with the
+masks recovered from the Hopfield memory (also replayed under other rules)."""
 import json
 
 import click
 
 from supsup_hopfield.evaluation import METHODS
+from supsup_hopfield.rules import RULES
+
+RECOVERIES = ("seeded", "descent", "paper")
+
+
+def _list(kind):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            out = [kind(v) for v in items]
+        except ValueError:
+            out = []
+        if not out or (kind is str and any(v not in RULES for v in out)):
+            expected = f"rules from {', '.join(RULES)}" if kind is str else "positive integers"
+            raise click.BadParameter(f"expected {expected} separated by commas, got {value!r}")
+        return out
+    return parse
 
 
 @click.command("eval")
@@ -11,16 +31,63 @@ from supsup_hopfield.evaluation import METHODS
 @click.option("--method", type=click.Choice(METHODS), default="oneshot", show_default=True,
               help="gg: task given; oneshot/binary/g: task inferred from the explicit masks; "
                    "hopfield: masks recovered from the memory.")
+@click.option("--tasks", "tasks_text", metavar="START:STOP[:STEP]", help="Evaluate these tasks only [all].")
 @click.option("--batch-size", type=int, help="[default: 128; hopfield: the recovery's 64]")
+@click.option("--recovery", type=click.Choice(RECOVERIES), default="seeded", show_default=True,
+              help="hopfield: seeded cues and entropy selection, the paper's descent finished by "
+                   "recall, or the paper's plain method.")
+@click.option("--memory-rule", "rules", callback=_list(str), metavar="R[,R...]",
+              help="hopfield: rebuild the memory from the run's explicit masks under these rules.")
+@click.option("--stored", callback=_list(int), metavar="K[,K...]",
+              help="hopfield with --memory-rule: rebuild from the first K masks, for each K [all].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the four IDX files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--plot", type=click.Path(dir_okay=False, writable=True), help="PNG of accuracy per task.")
-def eval_(archive, method, batch_size, data_dir, device, as_json, plot):
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True),
+              help="PNG: accuracy per task, or recovery against stored masks with --memory-rule.")
+def eval_(archive, method, tasks_text, batch_size, recovery, rules, stored, data_dir, device, as_json, plot):
     """Evaluate ARCHIVE's tasks; the result is also recorded in ARCHIVE."""
-    from supsup_hopfield.evaluation import evaluate_run, format_table, plot_accuracy
+    from supsup_hopfield.archive import read_header
+    from supsup_hopfield.evaluation import (evaluate_run, format_replay, format_table, parse_tasks,
+                                            plot_accuracy, plot_replay, replay_recovery)
+    from supsup_hopfield.recovery import RecoveryConfig
 
-    result = evaluate_run(archive, method, batch_size, data_dir=data_dir, device=device)
+    if (rules or stored) and method != "hopfield":
+        raise click.UsageError("--memory-rule and --stored replay the memory for --method hopfield; "
+                               "add --method hopfield")
+    if stored and not rules:
+        raise click.UsageError("--stored needs --memory-rule: name the rules to rebuild the memory with")
+    n = len(read_header(archive, verify=False).per_task)
+    tasks = parse_tasks(tasks_text, n) if tasks_text else None
+    rec = {"seeded": RecoveryConfig(), "descent": RecoveryConfig(method="descent"),
+           "paper": RecoveryConfig.paper()}[recovery]
+    with _Progress() as progress:
+        if rules:
+            result = replay_recovery(archive, rules, stored or [n], tasks, batch_size, data_dir, device,
+                                     recovery=rec, progress=progress)
+        else:
+            result = evaluate_run(archive, method, batch_size, data_dir=data_dir, device=device, tasks=tasks,
+                                  recovery=rec, progress=progress)
     if plot:
-        plot_accuracy(result, plot)
-    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+        (plot_replay if rules else plot_accuracy)(result, plot)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(format_replay(result) if rules else format_table(result))
+
+
+class _Progress:
+    """tqdm bar on stderr: tasks done of total, rate, ETA."""
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, unit="task", disable=None, leave=False, dynamic_ncols=True)
+        return self
+
+    def __call__(self, done, total):
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        self.bar.close()

@@ -50,7 +50,8 @@ def app():
 def _register():
     from cli import capacity, eval, inspect, storage, train
 
-    for command in (train.train, eval.eval_, inspect.inspect, storage.storage_report, capacity.capacity):
+    for command in (train.train, eval.eval_, inspect.inspect, storage.storage_report, capacity.capacity,
+                    capacity.basins):
         app.add_command(command)
 
 

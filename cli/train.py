@@ -43,8 +43,11 @@ def _widths(ctx, param, value):
 @click.option("--density", type=float, help="topk: fraction of entries kept [0.5].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--memory-rule", type=click.Choice([*RULES, "none"]), default="storkey", show_default=True)
-@click.option("--memory-layout", type=click.Choice(["per-layer", "joint"]), default="per-layer", show_default=True)
+@click.option("--memory-rule", type=click.Choice(["auto", *RULES, "none"]), default="auto", show_default=True,
+              help="auto: the rule and layout whose memory holds --tasks masks and gives them back "
+                   "(projection-zd while the load allows it, measured), or a clear refusal.")
+@click.option("--memory-layout", type=click.Choice(["per-layer", "joint"]),
+              help="One memory per masked layer, or one over all layers [auto: the smallest that fits].")
 @click.option("--hopfield-dim", type=int, help="Split long masks into memories of this many entries.")
 @click.option("--keep-masks/--no-keep-masks", default=True, show_default=True,
               help="Keep the explicit (bit-packed) masks beside the memory.")
@@ -59,17 +62,16 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
           memory_layout, hopfield_dim, keep_masks, out, checkpoint_every, resume, force, data_dir, download,
           **train_opts):
     """Learn --tasks supermasks one after another; store them in the memory and --out."""
-    from supsup_hopfield.basenet import MASK_KINDS
-    from supsup_hopfield.run import RunConfig, train_nns_run, train_run
+    from supsup_hopfield.run import RunConfig, choose_memory, train_nns_run, train_run
     from supsup_hopfield.training import TrainConfig
 
-    if memory_rule == "none":
-        memory_rule = None
-    explicit = ctx.get_parameter_source("memory_rule") == click.core.ParameterSource.COMMANDLINE
-    if MASK_KINDS[model] == "weight" and hopfield_dim is None and not explicit:
-        memory_rule = None  # the default memory does not apply to weight masks
-        click.echo(f"note: {model} learns weight masks, kept explicitly; pass --hopfield-dim D "
-                   f"to also store them in D-entry Hopfield memories", err=True)
+    if resume and memory_rule == "auto":  # the run's own memory, whatever auto would pick now
+        memory_rule, memory_layout = _saved_memory(out, memory_layout)
+    else:
+        memory_rule, memory_layout, note = choose_memory(model, widths, tasks, memory_rule, memory_layout,
+                                                         hopfield_dim)
+        if note:
+            click.echo(f"note: {note}", err=True)
     given = {k: v for k, v in train_opts.items() if v is not None}
     train_cfg = TrainConfig.for_architecture(model, seed=seed, device=device, **given)
     cfg = RunConfig(dataset=dataset, model=model, widths=widths, outputs=outputs, seed=seed,
@@ -91,6 +93,16 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
         ctx.exit(130)
     bar.close()
     click.echo(summary(archive, out))
+
+
+def _saved_memory(out, layout):
+    from supsup_hopfield.archive import read_header
+
+    try:
+        run = read_header(out, verify=False).config["run"]
+    except (KeyError, TypeError, ValueError, OSError):
+        return None, layout or "per-layer"  # train_run says what is wrong with the file
+    return run.get("memory_rule"), layout or run.get("memory_layout") or "per-layer"
 
 
 def _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download):

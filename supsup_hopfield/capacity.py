@@ -1,4 +1,5 @@
-"""Capacity experiments: how many random ±1 patterns a Hopfield rule holds (DESIGN.md §2).
+"""Capacity and basin experiments: how many random ±1 patterns a Hopfield rule holds, and from
+how far each comes back (docs/METHOD.md, "Rules with basins").
 
 Patterns are stored incrementally into one memory; after every `step` patterns we measure
 (1) the fraction of stored patterns that are exact fixed points, (2) the fraction recalled
@@ -6,11 +7,15 @@ exactly by asynchronous dynamics from cues with a fraction `noise` of their bits
 (3) the mean Hamming distance (bits) between recalled state and pattern, and (4) the fraction of
 64 random ±1 states that are fixed points too: near 1 the memory is saturated (e.g. projection
 past d patterns, Ψ = I) and "every pattern is a fixed point" means nothing.
+
+`measure_basins` sweeps the load n/d for several rules at once and reports, for each cue noise,
+the fraction of stored patterns recalled exactly: the basins table (`supsup-hf basins`).
 """
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from supsup_hopfield.rules import RULES
 from supsup_hopfield.memory import HopfieldMemory
 from supsup_hopfield.rules import flip_bits, theoretical_capacity
 
@@ -133,6 +138,98 @@ def plot_capacity(result: CapacityResult, path) -> None:
     ax.set_title(f"Hopfield capacity: rule '{cfg.rule}', d = {cfg.dim}, bias {cfg.bias}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ basins
+@dataclass(frozen=True)
+class BasinsConfig:
+    dim: int = 512
+    rules: tuple = RULES
+    loads: tuple = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)  # patterns per unit, n/d
+    noises: tuple = (0.05, 0.1, 0.2)  # fractions of bits flipped in the cues
+    mode: str = "async"  # recall dynamics
+    seed: int = 0
+    max_sweeps: int = 100
+
+    def __post_init__(self):
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 2:
+            raise ValueError(f"dim: expected an integer >= 2, got {self.dim!r}")
+        bad = [r for r in self.rules if r not in RULES]
+        if not self.rules or bad:
+            raise ValueError(f"rules: expected some of {', '.join(RULES)}, got {', '.join(bad) or 'none'}")
+        if not self.loads or any(not 0 < a or round(a * self.dim) < 1 for a in self.loads):
+            raise ValueError(f"loads: expected loads n/d > 0 with at least one pattern each, got {list(self.loads)}")
+        if not self.noises or any(not 0 <= x <= 1 for x in self.noises):
+            raise ValueError(f"noises: expected fractions in [0, 1], got {list(self.noises)}")
+        if self.mode not in ("sync", "async", "anneal"):
+            raise ValueError(f"mode: expected sync, async or anneal, got {self.mode!r}")
+
+
+def measure_basins(cfg: BasinsConfig, progress=None) -> dict:
+    """Every rule stores the same random unbiased patterns, in order; at each load n/d the
+    first n are cued with each noise level (the same cues for every rule) and recalled.
+    Returns {"config", "points": [{"rule", "load", "patterns", "stable_fraction", "recalled":
+    {noise: fraction recalled exactly}}]}; `progress(done, total)` after every point."""
+    rng = np.random.default_rng(cfg.seed)
+    counts = sorted({int(round(a * cfg.dim)) for a in cfg.loads})
+    Z = np.where(rng.random((counts[-1], cfg.dim)) < 0.5, 1, -1).astype(np.int8)
+    cues = {(n, x): flip_bits(Z[:n], x, np.random.default_rng([cfg.seed, n, int(x * 1e6)]))
+            for n in counts for x in cfg.noises}
+    points, done = [], 0
+    for rule in cfg.rules:
+        mem, stored = HopfieldMemory(cfg.dim, rule), 0
+        for n in counts:
+            mem.store(Z[stored:n])
+            stored = n
+            recalled = {}
+            for x in cfg.noises:
+                out = mem.recall(cues[n, x], mode=cfg.mode, max_sweeps=cfg.max_sweeps, seed=cfg.seed)
+                recalled[x] = float((out == Z[:n]).all(axis=1).mean())
+            points.append({"rule": rule, "load": n / cfg.dim, "patterns": n,
+                           "stable_fraction": float(mem.stable(Z[:n]).mean()), "recalled": recalled})
+            done += 1
+            if progress:
+                progress(done, len(cfg.rules) * len(counts))
+    return {"config": asdict(cfg), "points": points}
+
+
+def format_basins(result: dict) -> str:
+    cfg = result["config"]
+    noises = cfg["noises"]
+    head = f"{'rule':<14} {'load':>5} {'n':>5} {'fixed':>6}" + "".join(f" {f'{x:.0%} noise':>10}" for x in noises)
+    lines = [f"basins: d = {cfg['dim']}, random unbiased patterns, {cfg['mode']} recall, seed {cfg['seed']}; "
+             "fraction of stored patterns recalled exactly from cues with that fraction of bits flipped", head]
+    for p in result["points"]:
+        lines.append(f"{p['rule']:<14} {p['load']:>5.2f} {p['patterns']:>5} {p['stable_fraction']:>6.3f}"
+                     + "".join(f" {p['recalled'][x]:>10.3f}" for x in noises))
+    return "\n".join(lines)
+
+
+def plot_basins(result: dict, path) -> None:
+    """PNG: one panel per cue noise, fraction recalled exactly against load, one line per rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = result["config"]
+    noises = cfg["noises"]
+    fig, axes = plt.subplots(1, len(noises), figsize=(4.2 * len(noises), 3.8), dpi=120, sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, x in zip(axes, noises):
+        for rule in cfg["rules"]:
+            pts = [p for p in result["points"] if p["rule"] == rule]
+            ax.plot([p["load"] for p in pts], [p["recalled"][x] for p in pts], "o-", ms=3, label=rule)
+        ax.set_title(f"cues with {x:.0%} of bits flipped")
+        ax.set_xlabel("load n/d")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("stored patterns recalled exactly")
+    axes[0].set_ylim(-0.03, 1.03)
+    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"Basins of attraction, d = {cfg['dim']}, {cfg['mode']} recall", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -4,7 +4,8 @@ or with each task's masks recovered from the Hopfield memory (hopfield, §1 "Hop
 
 The run is rebuilt from its archive: base network from its seed, stream from its recipe, masks
 and memories from the file. The result is one JSON-ready dict, and is appended to the archive's
-`evaluations` (rewritten atomically).
+`evaluations` (rewritten atomically). `replay_recovery` rebuilds the memory from the run's first
+k explicit masks under other rules and measures recovery for each k (docs/METHOD.md).
 """
 from __future__ import annotations
 
@@ -21,72 +22,217 @@ from supsup_hopfield.run import RunConfig, stream_and_net
 METHODS = ("gg", "oneshot", "binary", "g", "hopfield")
 
 
-def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, data_dir=None,
-                 device: str = "auto", record: bool = True) -> dict:
-    """Evaluate every finished task of the run in archive `path` with `method`. batch_size None:
-    128 (inference, gg), or the recovery's own default (hopfield)."""
-    from supsup_hopfield.recovery import RecoveryConfig
-
-    if method not in METHODS:
-        raise UserError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    if batch_size is None:
-        batch_size = RecoveryConfig().batch_size if method == "hopfield" else 128
-    if batch_size < 2:
-        raise UserError(f"batch size: expected at least 2, got {batch_size}")
+def _open(path, data_dir, device, tasks):
+    """(path, archive, its stream and net, the task indices to evaluate) of a saved run."""
     path = Path(path)
     archive = read_archive(path, packed_masks=True)  # masks stay bit-packed (8x less RAM)
     if "run" not in archive.config or not archive.per_task:
         raise UserError(f"{path}: holds no trained tasks to evaluate; train into it with supsup-hf train")
-    run, net_cfg = archive.config["run"], archive.config["base_network"]
-    tasks = len(archive.per_task)
-    if method == "hopfield":
-        if net_cfg["architecture"] != "hopnet" or run["memory_layout"] != "per-layer":
-            raise UserError(f"{path}: the hopfield method recovers hopnet neuron masks from per-layer "
-                            f"memories; this run is {net_cfg['architecture']} with "
-                            f"{run['memory_layout'] if run['memory_rule'] else 'no'} memory")
-    elif not archive.masks:
+    n = len(archive.per_task)
+    chosen = list(range(n)) if tasks is None else [int(t) for t in tasks]
+    if not chosen or any(not 0 <= t < n for t in chosen):
+        raise UserError(f"tasks: expected task indices in 0..{n - 1} (the run's {n} tasks), got "
+                        f"{_span(chosen)}; pass e.g. --tasks 0:{n}")
+    cfg = RunConfig.from_dict(archive.config["run"])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+    stream, net = stream_and_net(cfg, n, data_dir, download=False)
+    return path, archive, stream, net, chosen
+
+
+def _span(tasks) -> str:
+    return "none" if not tasks else (f"[{tasks[0]}, ..., {tasks[-1]}]" if len(tasks) > 3 else str(tasks))
+
+
+def parse_tasks(text: str, n: int | None = None) -> range:
+    """'START:STOP[:STEP]' (Python slice syntax, STOP may be empty with `n` known) or one index."""
+    parts = text.split(":")
+    try:
+        if len(parts) == 1:
+            start = int(parts[0])
+            return range(start, start + 1)
+        if len(parts) not in (2, 3) or (parts[1] == "" and n is None):
+            raise ValueError
+        start = int(parts[0] or 0)
+        stop = int(parts[1]) if parts[1] else n
+        step = int(parts[2]) if len(parts) == 3 and parts[2] else 1
+    except ValueError:
+        raise UserError(f"tasks: expected START:STOP[:STEP] or one index (e.g. 0:250:10), got {text!r}") from None
+    if step < 1 or stop <= start or start < 0:
+        raise UserError(f"tasks: expected 0 <= START < STOP and STEP >= 1, got {text!r}; pass e.g. 0:250:10")
+    return range(start, stop, step)
+
+
+def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, data_dir=None,
+                 device: str = "auto", record: bool = True, tasks=None, recovery=None,
+                 progress=None) -> dict:
+    """Evaluate the run in archive `path` with `method` on `tasks` (default every finished task).
+    batch_size None: 128 (inference, gg), or the recovery's own default (hopfield). `recovery`:
+    a RecoveryConfig for the hopfield method. `progress(done, total)` after every task."""
+    from supsup_hopfield.recovery import RecoveryConfig
+
+    if method not in METHODS:
+        raise UserError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    recovery = RecoveryConfig() if recovery is None else recovery
+    if batch_size is None:
+        batch_size = recovery.batch_size if method == "hopfield" else 128
+    if batch_size < 2:
+        raise UserError(f"batch size: expected at least 2, got {batch_size}")
+    path = Path(path)
+    archive = read_archive(path, packed_masks=True)
+    if method == "hopfield" and "run" in archive.config and not archive.memories:
+        raise UserError(f"{path}: this run kept no Hopfield memory (--memory-rule none); replay its explicit "
+                        f"masks into one with --memory-rule R --stored K")
+    if method != "hopfield" and "run" in archive.config and not archive.masks:
         raise UserError(f"{path}: method {method} needs the explicit masks, and this run was trained "
                         f"with --no-keep-masks; use --method hopfield")
-    cfg = RunConfig.from_dict(run)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
-    stream, net = stream_and_net(cfg, tasks, data_dir, download=False)
+    path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
     start = time.perf_counter()
     if archive.config.get("scenario") == "nns":
-        per_task = _nns(net, archive, stream, tasks, method, batch_size)
+        per_task = _nns(net, archive, stream, chosen, method, batch_size, progress)
     elif method == "gg":
-        per_task = _gg(net, archive, stream, tasks, batch_size)
+        per_task = _gg(net, archive, stream, chosen, batch_size, progress)
     elif method == "hopfield":
-        per_task = _hopfield(net, archive, stream, tasks, batch_size)
+        per_task = _hopfield(net, archive, stream, chosen, dataclasses.replace(recovery, batch_size=batch_size),
+                             progress)
     else:
-        per_task = _inferred(net, archive, stream, tasks, method, batch_size)
+        per_task = _inferred(net, archive, stream, chosen, method, batch_size, progress)
     found = [t["task_inference_accuracy"] for t in per_task if t["task_inference_accuracy"] is not None]
     result = {
         "method": method,
         "batch_size": batch_size,
-        "tasks": tasks,
+        "tasks": len(chosen),
         "mean_accuracy": float(np.mean([t["accuracy"] for t in per_task])),
         "task_inference_accuracy": float(np.mean(found)) if found else None,
         "seconds_per_batch": float(np.mean([t.pop("seconds_per_batch") for t in per_task])),
         "seconds": time.perf_counter() - start,
         "per_task": per_task,
     }
+    if method == "hopfield":
+        result["recovery"] = recovery.to_dict()
     if record:
         archive.evaluations.append(result)
         write_archive(path, archive)
     return result
 
 
+def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = None, data_dir=None,
+                    device: str = "auto", recovery=None, baseline: bool = True, record: bool = True,
+                    progress=None) -> dict:
+    """Memory replay: for every rule in `rules` and count k in `stored`, rebuild the run's memory
+    from its first k explicit masks under that rule (`run.replay_memories`, no retraining) and
+    recover tasks from it: those of `tasks` below k (default all k). With `baseline`, the
+    paper's method (`RecoveryConfig.paper()`) runs on the same memories and tasks too.
+
+    Returns {"method": "hopfield-replay", "rows": [one per (rule, k, recovery): rule, stored,
+    recovery, tasks, exact_fraction, mean_accuracy, mean_gg_accuracy, seconds_per_task,
+    per_task]}, also recorded in the archive."""
+    from supsup_hopfield.recovery import RecoveryConfig, evaluate_recovery
+    from supsup_hopfield.rules import RULES
+    from supsup_hopfield.run import replay_memories
+
+    recovery = RecoveryConfig() if recovery is None else recovery
+    if batch_size is not None:
+        recovery = dataclasses.replace(recovery, batch_size=batch_size)
+    rules = list(rules)
+    for rule in rules:
+        if rule not in RULES:
+            raise UserError(f"memory rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
+    if not archive.masks:
+        raise UserError(f"{path}: replay rebuilds the memory from the explicit masks, and this run was "
+                        f"trained with --no-keep-masks")
+    n = len(archive.per_task)
+    stored = sorted({int(k) for k in stored})
+    if not stored or stored[0] < 1 or stored[-1] > n:
+        raise UserError(f"stored: expected counts in 1..{n} (the run's explicit masks), got {stored}; "
+                        f"pass e.g. --stored 10,{n}")
+    methods = [recovery] + ([RecoveryConfig.paper(batch_size=recovery.batch_size)] if baseline else [])
+    jobs = [(rule, k, rec) for rule in rules for k in stored for rec in methods]
+    total = sum(len([t for t in chosen if t < k]) for _, k, _ in jobs)
+    done = 0
+    rows = []
+    for rule, k, rec in jobs:
+        subset = [t for t in chosen if t < k]
+        if not subset:
+            continue
+        memories = replay_memories(archive.config, archive.masks, rule, k)
+
+        def step(i, _total, base=done):
+            if progress is not None:
+                progress(base + i, total)
+
+        records = evaluate_recovery(net, archive, stream, subset, rec, memories=memories, progress=step)
+        done += len(subset)
+        exact = [r["hamming"] is not None and not any(r["hamming"]) for r in records]
+        rows.append({"rule": rule, "stored": k, "recovery": "paper" if rec.method == "descent" else rec.method,
+                     "tasks": len(subset), "exact_fraction": float(np.mean(exact)),
+                     "mean_accuracy": float(np.mean([r["accuracy"] for r in records])),
+                     "mean_gg_accuracy": float(np.mean([r["gg_accuracy"] for r in records])),
+                     "seconds_per_task": float(np.mean([r["seconds"] for r in records])),
+                     "per_task": records})
+    result = {"method": "hopfield-replay", "batch_size": recovery.batch_size, "recovery": recovery.to_dict(),
+              "rows": rows}
+    if record:
+        archive.evaluations.append(result)
+        write_archive(path, archive)
+    return result
+
+
+def format_replay(result: dict) -> str:
+    lines = ["recovery against stored masks (memory replayed from the run's explicit masks)",
+             f"{'rule':<14} {'stored':>6} {'recovery':>8} {'tasks':>5} {'exact':>6} {'accuracy':>8} "
+             f"{'task given':>10} {'s/task':>7}"]
+    for r in result["rows"]:
+        lines.append(f"{r['rule']:<14} {r['stored']:>6} {r['recovery']:>8} {r['tasks']:>5} "
+                     f"{r['exact_fraction']:>6.3f} {r['mean_accuracy']:>8.4f} {r['mean_gg_accuracy']:>10.4f} "
+                     f"{r['seconds_per_task']:>7.2f}")
+    return "\n".join(lines)
+
+
+def plot_replay(result: dict, path) -> None:
+    """PNG: fraction of tasks recovered exactly against masks stored, one line per rule and
+    recovery method, and the accuracy kept (recovered over task-given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for key in dict.fromkeys((r["rule"], r["recovery"]) for r in result["rows"]):
+        rows = [r for r in result["rows"] if (r["rule"], r["recovery"]) == key]
+        label = f"{key[0]}, {key[1]}"
+        style = "--" if key[1] == "paper" else "-"
+        ks = [r["stored"] for r in rows]
+        ax.plot(ks, [r["exact_fraction"] for r in rows], style, marker="o", ms=4, label=label)
+        bx.plot(ks, [r["mean_accuracy"] / r["mean_gg_accuracy"] for r in rows], style, marker="o", ms=4, label=label)
+    for a, title in ((ax, "tasks recovered exactly"), (bx, "accuracy, recovered / task given")):
+        a.set_xscale("log")
+        a.set_xlabel("masks stored in the memory")
+        a.set_ylim(-0.03, 1.03)
+        a.set_title(title)
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _layer_masks(archive, t):
     return [archive.masks[f"layer{l}"][t] for l in range(len(archive.masks))]
 
 
-def _gg(net, archive, stream, tasks, batch_size):
+def _tick(progress, done, total):
+    if progress is not None:
+        progress(done, total)
+
+
+def _gg(net, archive, stream, tasks, batch_size, progress):
     import torch
 
     from supsup_hopfield.masks import masks_to_tensors
 
     out = []
-    for t in range(tasks):
+    for k, t in enumerate(tasks):
         masks = masks_to_tensors(_layer_masks(archive, t), device=net.device)
         correct = total = batches = 0
         seconds = 0.0
@@ -100,22 +246,23 @@ def _gg(net, archive, stream, tasks, batch_size):
                 batches += 1
         out.append({"task": t, "accuracy": correct / total, "task_inference_accuracy": 1.0,
                     "seconds_per_batch": seconds / batches})
+        _tick(progress, k + 1, len(tasks))
     return out
 
 
-def _inferred(net, archive, stream, tasks, method, batch_size):
+def _inferred(net, archive, stream, tasks, method, batch_size, progress):
     from supsup_hopfield.inference import PackedMaskBank, evaluate_inference
 
-    # the archive's rows are the bank's rows: no unpacking
-    bank = PackedMaskBank([archive.masks[f"layer{l}"].bits[:tasks] for l in range(len(archive.masks))],
+    # the archive's rows are the bank's rows: no unpacking; every task is a candidate
+    bank = PackedMaskBank([m.bits for m in (archive.masks[f"layer{l}"] for l in range(len(archive.masks)))],
                           net.mask_shapes)
-    res = evaluate_inference(net, bank, stream, range(tasks), method=method, batch_size=batch_size)
+    res = evaluate_inference(net, bank, stream, tasks, method=method, batch_size=batch_size, progress=progress)
     return [{"task": t, "accuracy": r["accuracy"], "task_inference_accuracy": r["task_inference_accuracy"],
              "task_given_accuracy": r["task_given_accuracy"], "seconds_per_batch": r["seconds_per_batch"]}
             for t, r in sorted(res.items())]
 
 
-def _nns(net, archive, stream, tasks, method, batch_size):
+def _nns(net, archive, stream, tasks, method, batch_size, progress):
     """An NNs run has its own masks, not one per task: infer among all of them per batch."""
     from supsup_hopfield.nns import evaluate_nns
 
@@ -126,33 +273,35 @@ def _nns(net, archive, stream, tasks, method, batch_size):
     masks = [[archive.masks[f"layer{l}"][i] for l in range(len(archive.masks))] for i in range(n)]
     mapping = [t.get("mask") for t in archive.per_task]
     t0 = time.perf_counter()
-    res = evaluate_nns(net, masks, stream, range(tasks), mapping, method, batch_size)
+    res = evaluate_nns(net, masks, stream, tasks, mapping, method, batch_size, progress=progress)
     per_batch = (time.perf_counter() - t0) / max(1, sum(r["batches"] for r in res.values()))
     return [{"task": t, "accuracy": r["accuracy"], "task_inference_accuracy": r.get("mapped_fraction"),
              "seconds_per_batch": per_batch} for t, r in sorted(res.items())]
 
 
-def _hopfield(net, archive, stream, tasks, batch_size):
-    from supsup_hopfield.recovery import RecoveryConfig, evaluate_recovery
+def _hopfield(net, archive, stream, tasks, recovery, progress):
+    from supsup_hopfield.recovery import evaluate_recovery
 
-    rows = evaluate_recovery(net, archive, stream, range(tasks), RecoveryConfig(batch_size=batch_size))
+    rows = evaluate_recovery(net, archive, stream, tasks, recovery, progress=progress)
     # the task counts as found when every layer's recovered mask is the stored one (unknown
-    # without explicit masks); time per batch = recovery time over the descent's steps
+    # without explicit masks); time per batch = the task's recovery time over its test batches
+    batches = -(-stream.task(0).n_test // recovery.batch_size)
     return [{"task": r["task"], "accuracy": r["accuracy"],
              "task_inference_accuracy": None if r["hamming"] is None else float(not any(r["hamming"])),
-             "hamming": r["hamming"], "steps": r["steps"], "task_given_accuracy": r["gg_accuracy"],
-             "seconds_per_batch": r["seconds"] / max(1, r["steps"])} for r in rows]
+             "hamming": r["hamming"], "steps": r["steps"], "chosen": r["chosen"],
+             "task_given_accuracy": r["gg_accuracy"], "seconds": r["seconds"],
+             "seconds_per_batch": r["seconds"] / batches} for r in rows]
 
 
 def format_table(result: dict) -> str:
     lines = [f"method {result['method']}, {result['tasks']} tasks, batches of {result['batch_size']}",
              f"{'task':>5}  {'accuracy':>8}  {'task found':>10}" +
-             ("  hamming per layer  steps" if result["method"] == "hopfield" else "")]
+             ("  hamming per layer  recovered from  seconds" if result["method"] == "hopfield" else "")]
     for t in result["per_task"]:
         found = t["task_inference_accuracy"]
         line = f"{t['task']:>5}  {t['accuracy']:>8.4f}  {'?' if found is None else f'{found:.3f}':>10}"
         if "hamming" in t:
-            line += f"  {str(t['hamming']):>17}  {t['steps']}"
+            line += f"  {str(t['hamming']):>17}  {t['chosen']:>14}  {t['seconds']:>7.2f}"
         lines.append(line)
     found = result["task_inference_accuracy"]
     lines.append(f"mean accuracy {result['mean_accuracy']:.4f}; task found for "

@@ -572,7 +572,7 @@ def predict(net, masks: Sequence[np.ndarray], x: torch.Tensor) -> torch.Tensor:
 
 def evaluate_inference(net, bank: PackedMaskBank, stream, tasks: Optional[Iterable[int]] = None,
                        method: str = "oneshot", batch_size: int = 128,
-                       n_classes: Optional[int] = None) -> Dict[int, dict]:
+                       n_classes: Optional[int] = None, progress=None) -> Dict[int, dict]:
     """Per task (bank row i is task i of `stream`; default all bank rows): infer the task of every
     test batch of `batch_size`, then score it. Returns {task: dict} with
 
@@ -582,11 +582,13 @@ def evaluate_inference(net, bank: PackedMaskBank, stream, tasks: Optional[Iterab
     - task_given_accuracy: with the true task's mask (scenario GG), same batches;
     - task_inference_accuracy: fraction of batches whose task was inferred right;
     - seconds_per_batch: mean wall time of `infer_task`; batches.
+
+    `progress(done, total)` is called after every task.
     """
     n_classes = int(stream.n_classes if n_classes is None else n_classes)
-    tasks = range(bank.k) if tasks is None else tasks
+    tasks = list(range(bank.k) if tasks is None else tasks)
     results = {}
-    for t in tasks:
+    for k, t in enumerate(tasks):
         t = bank._check_row(t)
         true_masks = bank.unpack(t)
         correct = inferred_correct = given_correct = samples = right_batches = batches = 0
@@ -608,4 +610,6 @@ def evaluate_inference(net, bank: PackedMaskBank, stream, tasks: Optional[Iterab
                       "task_given_accuracy": given_correct / samples,
                       "task_inference_accuracy": right_batches / batches,
                       "seconds_per_batch": seconds / batches, "batches": batches}
+        if progress is not None:
+            progress(k + 1, len(tasks))
     return results

@@ -335,16 +335,18 @@ def _report(learner: NNsLearner, n_tasks: int, steps_per_task: int) -> dict:
 
 def evaluate_nns(net: BaseNet, masks: Sequence[Sequence[np.ndarray]], stream, tasks: Sequence[int],
                  task_to_mask: Optional[Sequence[int]] = None, method: str = "oneshot",
-                 batch_size: int = 128) -> Dict[int, dict]:
+                 batch_size: int = 128, progress=None) -> Dict[int, dict]:
     """Test accuracy of NNs masks with the mask inferred per batch (`inference.infer_task` over
     all learned masks, whatever their number). Per task t: accuracy (predictions of the inferred
     mask; there is no task id to be right or wrong about), inferred ({mask: batches}), batches,
-    and with `task_to_mask` given, mapped_fraction (batches whose inferred mask is t's)."""
+    and with `task_to_mask` given, mapped_fraction (batches whose inferred mask is t's).
+    `progress(done, total)` is called after every task."""
     if not masks:
         raise UserError("masks: expected one or more learned masks, got none; run train_nns first")
     bank = PackedMaskBank.from_masks(masks)
+    tasks = list(tasks)
     results = {}
-    for t in tasks:
+    for k, t in enumerate(tasks):
         correct = samples = 0
         inferred: Dict[int, int] = {}
         for x, y in stream.task(t).test_batches(batch_size):
@@ -357,4 +359,6 @@ def evaluate_nns(net: BaseNet, masks: Sequence[Sequence[np.ndarray]], stream, ta
         if task_to_mask is not None:
             r["mapped_fraction"] = inferred.get(int(task_to_mask[t]), 0) / n
         results[int(t)] = r
+        if progress is not None:
+            progress(k + 1, len(tasks))
     return results

@@ -70,8 +70,8 @@ def theoretical_capacity(rule: str, d: int):
     """Patterns a rule holds as fixed points by theory (random unbiased ±1 patterns), or None.
 
     hebbian d/(2 ln d) and storkey d/sqrt(2 ln d) are the classical asymptotic results;
-    projection holds any d linearly independent patterns; the simplified rule has no
-    published closed form.
+    projection holds any d linearly independent patterns; margin, Gardner's 2d; the simplified
+    rule has no published closed form.
     """
     if rule == "hebbian":
         return d / (2 * math.log(d))
@@ -79,6 +79,8 @@ def theoretical_capacity(rule: str, d: int):
         return d / math.sqrt(2 * math.log(d))
     if rule in ("projection", "projection-zd"):
         return float(d)
+    if rule == "margin":  # Gardner's bound at κ = 0 (unconstrained couplings; symmetric ones hold less)
+        return 2.0 * d
     return None
 
 

@@ -32,6 +32,9 @@ from supsup_hopfield.streams import make_stream
 from supsup_hopfield.training import TrainConfig, evaluate, resolve_device, train_task
 
 LAYOUTS = ("per-layer", "joint")
+# Masks per memory unit (n/d) up to which the seeded recovery gave every mask back exactly with
+# projection-zd: 250 trained hopnet masks per 2048-unit layer, 100 steps each (docs/METHOD.md).
+RECOVERY_LOAD = 0.12
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,52 @@ class RunConfig:
         return cls(**d)
 
 
+def choose_memory(model: str, widths, tasks: int, rule: str = "auto", layout: str | None = None,
+                  hopfield_dim: int | None = None) -> tuple[str | None, str, str | None]:
+    """The memory a run of `tasks` tasks keeps: (rule, layout, note for the user or None).
+
+    rule "auto" picks projection-zd and the smallest layout (per-layer before joint) whose
+    memories hold every mask as a fixed point AND give it back without the task id, i.e. whose
+    load tasks/d stays within RECOVERY_LOAD, and refuses when none does. Weight-mask models
+    keep explicit masks only unless `hopfield_dim` cuts them into memories. A rule named
+    explicitly is kept, with a note when its load is past what recovery was measured to hold."""
+    weight = MASK_KINDS.get(model) == "weight"
+    widths = list(widths or DEFAULT_WIDTHS.get(model, ()))
+    layouts = [layout] if layout else list(LAYOUTS)
+
+    def dim(lay):  # the smallest memory of a layout
+        if hopfield_dim:
+            return hopfield_dim
+        return min(widths) if lay == "per-layer" else sum(widths)
+
+    if rule == "none":
+        return None, layout or "per-layer", None
+    if rule != "auto":
+        d = dim(layout or "per-layer")
+        note = None
+        if not (weight and not hopfield_dim) and tasks > RECOVERY_LOAD * d:
+            note = (f"{tasks} masks in memories of d = {d} (load {tasks / d:.2f}): recovery without the task id "
+                    f"was measured to hold up to load {RECOVERY_LOAD} ({int(RECOVERY_LOAD * d)} masks here); "
+                    f"the explicit masks stay the ground truth")
+        return rule, layout or "per-layer", note
+    if weight and not hopfield_dim:
+        return None, layout or "per-layer", (f"{model} learns weight masks, kept explicitly; pass --hopfield-dim D "
+                                             f"to also store them in D-entry Hopfield memories")
+    for lay in layouts:
+        if tasks <= RECOVERY_LOAD * dim(lay):
+            return "projection-zd", lay, None
+    best = max(dim(lay) for lay in layouts)
+    need = -(-tasks * 100 // int(RECOVERY_LOAD * 100))
+    fix = (f"pass --hopfield-dim {need} or more" if weight else
+           f"widen the network (--widths giving {'each layer' if layout == 'per-layer' else 'the layers together'} "
+           f"{need} units or more)")
+    raise UserError(f"memory: {tasks} masks are more than a memory of this network gives back without the task "
+                    f"id (measured up to load {RECOVERY_LOAD}: {int(RECOVERY_LOAD * best)} masks at d = {best}); "
+                    f"{fix}, train at most {int(RECOVERY_LOAD * best)} tasks per run, or name a rule to store them "
+                    f"anyway (--memory-rule projection --memory-layout joint holds up to d as fixed points) or "
+                    f"--memory-rule none for explicit masks only")
+
+
 @dataclass(frozen=True)
 class MemorySlot:
     """Which mask entries one memory holds: entries [start, stop) of layer `layer`'s flattened
@@ -121,6 +170,23 @@ def memory_slots(cfg: RunConfig) -> list[MemorySlot]:
         for b, (start, stop) in enumerate(zip(edges[:-1], edges[1:])):
             slots.append(MemorySlot(name if len(edges) == 2 else f"{name}.{b}", layer, start, stop))
     return slots
+
+
+def replay_memories(config: dict, masks: dict, rule: str, stored: int, dtype: str = "float32") -> dict:
+    """A saved run's memories rebuilt under `rule` from its first `stored` explicit masks (its
+    archive's `config` and `masks`), without retraining: what the run's memory would hold after
+    `stored` tasks had it used `rule`. Same layout and slots as the run (name -> memory)."""
+    cfg = dataclasses.replace(RunConfig.from_dict(config["run"]), memory_rule=rule)
+    layers = [masks[f"layer{l}"] for l in range(len(cfg.layer_sizes()))]
+    if not 1 <= stored <= len(layers[0]):
+        raise UserError(f"stored: expected 1..{len(layers[0])} (the run's explicit masks), got {stored}; "
+                        "pass counts the archive holds")
+    flat = [np.asarray(m[:stored]).reshape(stored, -1) for m in layers]  # (stored, entries) per layer
+    memories = {}
+    for slot in memory_slots(cfg):
+        rows = flat[slot.layer] if slot.layer is not None else np.concatenate(flat, axis=1)
+        memories[slot.name] = HopfieldMemory(slot.stop - slot.start, rule, dtype).store(rows[:, slot.start:slot.stop])
+    return memories
 
 
 def slot_pattern(slot: MemorySlot, layer_masks) -> np.ndarray:
