@@ -47,7 +47,7 @@ class RunConfig:
     widths: tuple | None = None  # None: the model's default hidden widths
     outputs: int = 10  # output neurons; more than the classes = superfluous neurons (G objective)
     seed: int = 0  # base network, stream, scores and batches all derive from it
-    memory_rule: str | None = "storkey"  # None: explicit masks only
+    memory_rule: str | None = "projection-zd"  # None: explicit masks only (`choose_memory` picks per run)
     memory_layout: str = "per-layer"
     hopfield_dim: int | None = None  # block size for memories over long (weight) masks
     memory_dtype: str = "float32"

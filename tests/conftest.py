@@ -8,7 +8,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
-    """Archive of 3 tasks x 30 steps of hopnet (64, 64) on split Fashion-MNIST, per-layer storkey."""
+    """Archive of 3 tasks x 30 steps of hopnet (64, 64) on split Fashion-MNIST, per-layer projection-zd."""
     if not FASHION.is_dir():
         pytest.skip("dataset-fashion-mnist not installed")
     from supsup_hopfield.run import RunConfig, train_run

@@ -62,7 +62,7 @@ def test_train_fills_memory_and_archive(tmp_path):
     assert a.masks["layer0"].shape == (3, 64) and a.masks["layer1"].shape == (3, 64)
     for layer in ("layer0", "layer1"):
         mem = a.memories[layer]
-        assert (mem.rule, mem.dim, mem.n_stored) == ("storkey", 64, 3)
+        assert (mem.rule, mem.dim, mem.n_stored) == ("projection-zd", 64, 3)
         assert mem.stable(a.masks[layer]).all()  # the masks are the memory's fixed points
     for t, rec in enumerate(a.per_task):
         assert rec["mask_sha256"] == mask_sha256([a.masks["layer0"][t], a.masks["layer1"][t]])
