@@ -67,10 +67,80 @@ def test_eval_errors(run_copy, tmp_path):
     assert len(r.output.strip().splitlines()) == 1
 
 
-def test_hopfield_method_reports_hamming_and_steps(run_copy):
+def test_hopfield_method_reports_per_task_recovery(run_copy):
     res = evaluate_run(run_copy, "hopfield", device="cpu")
-    assert res["method"] == "hopfield" and res["batch_size"] == 64
+    assert res["method"] == "hopfield" and res["batch_size"] == 64 and res["recovery"]["method"] == "seeded"
+    assert {"method", "mean_accuracy", "task_inference_accuracy", "seconds_per_batch", "seconds",
+            "per_task"} <= set(res)
     for t in res["per_task"]:
         assert len(t["hamming"]) == 2 and all(0 <= h <= 64 for h in t["hamming"])
-        assert t["steps"] >= 1
         assert t["task_inference_accuracy"] == float(t["hamming"] == [0, 0])
+        assert t["chosen"].startswith("cue ") and t["seconds"] > 0
+        if t["hamming"] == [0, 0]:  # the same masks on the same batches: the same accuracy
+            assert t["accuracy"] == t["task_given_accuracy"]
+
+
+def test_a_subset_of_tasks_with_progress(run_copy):
+    for method in ("gg", "oneshot", "hopfield"):
+        calls = []
+        res = evaluate_run(run_copy, method, device="cpu", tasks=[0, 2], record=False,
+                           progress=lambda done, total: calls.append((done, total)))
+        assert [t["task"] for t in res["per_task"]] == [0, 2] and res["tasks"] == 2
+        assert calls == [(1, 2), (2, 2)], method
+    r = CliRunner().invoke(app, ["eval", str(run_copy), "--method", "gg", "--tasks", "0:3:2", "--json",
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert [t["task"] for t in json.loads(r.output)["per_task"]] == [0, 2]
+
+
+def test_parse_tasks():
+    from supsup_hopfield.errors import UserError
+    from supsup_hopfield.evaluation import parse_tasks
+
+    assert list(parse_tasks("0:250:50")) == [0, 50, 100, 150, 200]
+    assert list(parse_tasks("3:", 6)) == [3, 4, 5] and list(parse_tasks("4")) == [4]
+    assert list(parse_tasks(":4:2", 9)) == [0, 2]
+    for bad in ("a:b", "5:2", "0:4:0", "1:2:3:4", "-1:3"):
+        with pytest.raises(UserError, match="tasks: expected"):
+            parse_tasks(bad, 10)
+
+
+def test_memory_replay_table_json_and_plot(run_copy, tmp_path):
+    import matplotlib.image
+
+    plot = tmp_path / "replay.png"
+    r = CliRunner().invoke(app, ["eval", str(run_copy), "--method", "hopfield", "--memory-rule",
+                                 "projection-zd,hebbian", "--stored", "1,3", "--device", "cpu", "--json",
+                                 "--plot", str(plot)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)["rows"]
+    assert [(w["rule"], w["stored"], w["recovery"], w["tasks"]) for w in rows] == [
+        (rule, k, rec, k) for rule in ("projection-zd", "hebbian") for k in (1, 3) for rec in ("seeded", "paper")]
+    for w in rows:
+        exact = [float(t["hamming"] == [0, 0]) for t in w["per_task"]]
+        assert w["exact_fraction"] == pytest.approx(np.mean(exact))
+        assert w["mean_gg_accuracy"] == pytest.approx(np.mean([t["gg_accuracy"] for t in w["per_task"]]))
+    assert matplotlib.image.imread(plot).shape[:2] == (480, 1200)  # 10 x 4 inches at 120 dpi
+    saved = read_archive(run_copy)
+    assert saved.evaluations[-1]["method"] == "hopfield-replay" and len(saved.evaluations[-1]["rows"]) == 8
+    assert {k: m.rule for k, m in saved.memories.items()} == {"layer0": "projection-zd", "layer1": "projection-zd"}
+    r = CliRunner().invoke(app, ["eval", str(run_copy), "--method", "hopfield", "--memory-rule", "storkey",
+                                 "--stored", "2", "--tasks", "0:3", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "storkey" in r.output and "paper" in r.output  # the baseline sits in every table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "gg", "--memory-rule", "storkey"], "--memory-rule and --stored replay the memory for --method hopfield"),
+    (["--method", "hopfield", "--stored", "2"], "--stored needs --memory-rule"),
+    (["--method", "hopfield", "--memory-rule", "oja"], "expected rules from hebbian"),
+    (["--method", "hopfield", "--memory-rule", "storkey", "--stored", "9"], r"stored: expected counts in 1..3"),
+    (["--method", "hopfield", "--memory-rule", "storkey", "--stored", "two"], "expected positive integers"),
+    (["--tasks", "2:1"], "tasks: expected 0 <= START < STOP"),
+    (["--tasks", "1:7"], r"tasks: expected task indices in 0..2 \(the run's 3 tasks\)"),
+])
+def test_eval_bad_options_are_one_line(run_copy, args, message):
+    r = CliRunner().invoke(app, ["eval", str(run_copy), "--device", "cpu", *args])
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert __import__("re").search(message, r.output), r.output

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cli.main import app
 from supsup_hopfield.archive import PackedMasks, mask_sha256, read_archive, read_header
 from supsup_hopfield.errors import UserError
-from supsup_hopfield.run import RunConfig, memory_slots, slot_pattern, train_run
+from supsup_hopfield.run import RECOVERY_LOAD, RunConfig, choose_memory, memory_slots, slot_pattern, train_run
 from supsup_hopfield.training import TrainConfig
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -48,6 +48,40 @@ def test_weight_masks_need_hopfield_dim():
     slots = memory_slots(cfg)
     assert sum(s.stop - s.start for s in slots) == 784 * 300 + 300 * 100 + 100 * 500
     assert max(s.stop - s.start for s in slots) <= 2049
+
+
+def test_auto_memory_holds_and_gives_back_the_tasks_asked_for():
+    # hopnet 2048-2048: per-layer memories give back up to 0.12·2048 masks, one joint memory twice that
+    assert RECOVERY_LOAD * 2048 == pytest.approx(245.76)
+    assert choose_memory("hopnet", None, 245) == ("projection-zd", "per-layer", None)
+    assert choose_memory("hopnet", None, 246) == ("projection-zd", "joint", None)
+    assert choose_memory("hopnet", (300, 100), 12) == ("projection-zd", "per-layer", None)  # smallest layer
+    assert choose_memory("hopnet", (300, 100), 13)[:2] == ("projection-zd", "joint")
+    with pytest.raises(UserError, match=r"memory: 2500 masks are more than a memory of this network gives back "
+                                        r"without the task id \(measured up to load 0.12: 491 masks at d = 4096\); "
+                                        r"widen the network \(--widths giving the layers together 20834 units"):
+        choose_memory("hopnet", None, 2500)
+    with pytest.raises(UserError, match="memory: 300 masks .* 245 masks at d = 2048"):
+        choose_memory("hopnet", None, 300, layout="per-layer")
+    # weight masks: explicit only, unless --hopfield-dim cuts them into memories
+    rule, layout, note = choose_memory("lenet", None, 2500)
+    assert rule is None and "kept explicitly" in note
+    assert choose_memory("lenet", None, 100, hopfield_dim=1024)[:2] == ("projection-zd", "per-layer")
+    with pytest.raises(UserError, match="pass --hopfield-dim 20834 or more"):
+        choose_memory("lenet", None, 2500, hopfield_dim=1024)
+    # a rule named by the user is kept; past the measured load it says what to expect
+    rule, layout, note = choose_memory("hopnet", None, 2500, "projection", "joint")
+    assert (rule, layout) == ("projection", "joint") and "load 0.61" in note and "491 masks here" in note
+    assert choose_memory("hopnet", None, 10, "storkey") == ("storkey", "per-layer", None)
+    assert choose_memory("hopnet", None, 10, "none")[0] is None
+
+
+def test_train_refuses_a_memory_it_cannot_give_back_before_training(tmp_path):
+    out = tmp_path / "x.h5"
+    r = CliRunner().invoke(app, ["train", "--tasks", "2500", "--out", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "2500 masks are more than" in r.output
+    assert not out.exists()
 
 
 @needs_data
