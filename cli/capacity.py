@@ -3,6 +3,8 @@ import json
 
 import click
 
+from cli.progress import progress_bar
+
 from supsup_hopfield.capacity import CapacityConfig, format_table, measure_capacity, plot_capacity
 from supsup_hopfield.rules import RULES
 
@@ -21,17 +23,11 @@ from supsup_hopfield.rules import RULES
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def capacity(dim, rule, max_patterns, step, noise, bias, seed, plot_path, as_json):
     """Store random ±1 patterns and measure fixed points and recall from noisy cues."""
-    from tqdm import tqdm
-
     cfg = CapacityConfig(dim=dim, rule=rule, max_patterns=max_patterns, step=step,
                          noise=noise, bias=bias, seed=seed)
     if step < 0:
         raise click.BadParameter(f"expected >= 1, got {step}", param_hint="--step")
-    with tqdm(total=None, unit="point", disable=None, leave=False) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with progress_bar("point") as progress:
         result = measure_capacity(cfg, progress)
     if plot_path:
         plot_capacity(result, plot_path)
@@ -74,16 +70,10 @@ def _rules(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def basins(dim, rules, loads, noises, mode, seed, plot_path, as_json):
     """Fraction of stored patterns recalled exactly against load, for every rule and cue noise."""
-    from tqdm import tqdm
-
     from supsup_hopfield.capacity import BasinsConfig, format_basins, measure_basins, plot_basins
 
     cfg = BasinsConfig(dim=dim, rules=rules, loads=loads, noises=noises, mode=mode, seed=seed)
-    with tqdm(total=None, unit="point", disable=None, leave=False) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with progress_bar("point") as progress:
         result = measure_basins(cfg, progress)
     if plot_path:
         plot_basins(result, plot_path)

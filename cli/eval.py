@@ -4,6 +4,8 @@ import json
 
 import click
 
+from cli.progress import progress_bar
+
 from supsup_hopfield.evaluation import METHODS
 from supsup_hopfield.rules import RULES
 
@@ -61,7 +63,7 @@ def eval_(archive, method, tasks_text, batch_size, recovery, rules, stored, data
     tasks = parse_tasks(tasks_text, n) if tasks_text else None
     rec = {"seeded": RecoveryConfig(), "descent": RecoveryConfig(method="descent"),
            "paper": RecoveryConfig.paper()}[recovery]
-    with _Progress() as progress:
+    with progress_bar("task") as progress:
         if rules:
             result = replay_recovery(archive, rules, stored or [n], tasks, batch_size, data_dir, device,
                                      recovery=rec, progress=progress)
@@ -74,20 +76,3 @@ def eval_(archive, method, tasks_text, batch_size, recovery, rules, stored, data
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(format_replay(result) if rules else format_table(result))
-
-
-class _Progress:
-    """tqdm bar on stderr: tasks done of total, rate, ETA."""
-
-    def __enter__(self):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=None, unit="task", disable=None, leave=False, dynamic_ncols=True)
-        return self
-
-    def __call__(self, done, total):
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-
-    def __exit__(self, *exc):
-        self.bar.close()

@@ -187,7 +187,9 @@ class HopfieldMemory:
 
     @property
     def nbytes(self) -> int:
-        return self._W.nbytes
+        """Bytes the memory keeps: Ψ, and for `margin` the patterns it holds, bit-packed."""
+        held = self.n_stored * ((self.dim + 7) // 8) if self.rule == "margin" else 0
+        return self._W.nbytes + held
 
     def store(self, patterns) -> "HopfieldMemory":
         """Store one pattern (dim,) or many (n, dim), in order. Returns the memory.

@@ -245,13 +245,12 @@ def _decode_by_cancellation(mem, cues: np.ndarray, config: RecoveryConfig, rng) 
     a found direction ±s. The found directions are then shared out, one per cue, by the
     assignment that maximises the total |overlap| between cues and their directions
     (Hungarian method), each with the sign its overlap has: a cue that fell on another task's
-    mask or on a complement gives it up to the cue it belongs to. Each later round takes the found directions out of the couplings the
-    annealing uses (J_r = Ψ − QQᵀ without its diagonal, Q an orthonormal basis of them): the
-    crosstalk they caused is gone, so cues too weak before now reach their own mask; recall
-    still finishes on the whole memory. The cues left without a direction try again; it stops
-    when a round finds nothing new (at most 12 rounds).
-    Measured on 250 trained hopnet masks with cues made weaker on purpose (overlap 0.16 with
-    their mask): 24 found in round 1, all 250 after 7 rounds."""
+    mask or on a complement gives it up to the cue it belongs to. Each later round takes the
+    found directions out of the couplings the annealing uses (J_r = Ψ − QQᵀ without its
+    diagonal, Q an orthonormal basis of them): the crosstalk they caused is gone, so cues too
+    weak before now reach their own mask; recall still finishes on the whole memory. The cues
+    left without a direction try again; it stops when a round finds nothing new (at most 12
+    rounds). What each step buys is measured in docs/METHOD.md (`bench/recovery.py`)."""
     K, d = cues.shape
     signs = np.where(cues, 1, -1).astype(np.int8)
     out = signs.copy()
@@ -527,11 +526,15 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
         batches = [x for x, _ in task.test_batches(config.batch_size)]  # labels dropped here
         rec, info = recover_masks(net, memories, batches, config, seed=derive_seed(seed, t), slots=slots,
                                   candidates=candidates, init_scores=init_scores)
-        record = {"task": t, "accuracy": evaluate(net, rec, task), "gg_accuracy": None, "hamming": None}
+        record = {"task": t, "accuracy": None, "gg_accuracy": None, "hamming": None}
         if masks is not None:
             true = [masks[f"layer{l}"][t] for l in range(len(layout.shapes))]
             record["gg_accuracy"] = evaluate(net, true, task)
             record["hamming"] = [int(np.count_nonzero(a != b)) for a, b in zip(rec, true)]
+            if not any(record["hamming"]):  # the same masks on the same batches: the same accuracy
+                record["accuracy"] = record["gg_accuracy"]
+        if record["accuracy"] is None:
+            record["accuracy"] = evaluate(net, rec, task)
         record.update({key: info[key] for key in ("chosen", "candidates", "entropy", "fixed_point", "steps")})
         record["seconds"] = info["seconds"] + shared
         out.append(record)

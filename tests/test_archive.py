@@ -263,6 +263,46 @@ def test_missing_misshaped_and_tampered_objects(saved, tmp_path):
         A.read_header(p, verify=False)
 
 
+def test_tampering_that_keeps_every_objects_own_checksums(saved, tmp_path):
+    """Objects swapped, moved in from another archive, or removed: each object still checks out
+    on its own, so only the manifest can tell; reading fails, and inspect/eval say so in one line."""
+    swapped = copy_of(saved, tmp_path, "swapped.h5")
+    with h5py.File(swapped, "r+") as f:  # the two memories trade places
+        f.move("memory/layer0", "memory/tmp")
+        f.move("memory/layer1", "memory/layer0")
+        f.move("memory/tmp", "memory/layer1")
+    with pytest.raises(ArchiveError, match="attributes of /memory/layer0 do not match the manifest"):
+        A.read_archive(swapped)
+
+    other = tmp_path / "other.h5"
+    A.write_archive(other, sample_archive(seed=9))
+    foreign = copy_of(saved, tmp_path, "foreign.h5")
+    with h5py.File(foreign, "r+") as f, h5py.File(other, "r") as g:  # a valid memory of another run
+        del f["memory/layer0"]
+        g.copy(g["memory/layer0"], f["memory"], name="layer0")
+    with pytest.raises(ArchiveError, match="attributes of /memory/layer0(/weights)? do not match the manifest"):
+        A.read_archive(foreign)
+    masks_in = copy_of(saved, tmp_path, "masks_in.h5")
+    with h5py.File(masks_in, "r+") as f, h5py.File(other, "r") as g:  # the masks of another run
+        del f["masks/layer1"]
+        g.copy(g["masks/layer1"], f["masks"], name="layer1")
+    with pytest.raises(ArchiveError, match="attributes of /masks/layer1 do not match the manifest"):
+        A.read_archive(masks_in)
+
+    removed = copy_of(saved, tmp_path, "removed.h5")
+    with h5py.File(removed, "r+") as f:
+        del f["memory/layer1"]
+    with pytest.raises(ArchiveError, match="missing memory /memory/layer1"):
+        A.read_archive(removed)
+
+    for path in (swapped, foreign, removed):
+        for args in (("inspect", path), ("eval", path, "--method", "gg")):
+            r = invoke(*args)
+            assert r.exit_code == 2, r.output
+            assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+            assert "the file is damaged" in r.output or "missing memory" in r.output
+
+
 # ----------------------------------------------------------------------------- atomic writes
 
 def test_interrupted_write_keeps_the_old_file(saved, tmp_path, monkeypatch):

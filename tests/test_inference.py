@@ -59,6 +59,46 @@ def test_inner_products_match_the_reference(k):
     np.testing.assert_allclose(bank.inner(grads, rows=rows), ref[rows], rtol=1e-5, atol=1e-4)
 
 
+REAL_SHAPES = [(3, 7), (165,), (1000,)]  # 3, 21 and 125 bytes a row: odd byte widths
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def numba_threads(request):
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
+    yield request.param
+    numba.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("serial_bytes", [0, 1 << 40], ids=["always parallel", "always serial"])
+@pytest.mark.parametrize("k", [1, 63, 64, 65, 300, 2500])
+def test_kernels_at_real_sizes_on_every_path(k, serial_bytes, numba_threads, monkeypatch):
+    """Superposition (uniform, grouped, weighted), counts and inner products against the plain
+    references: across the 64-row switch to the lookup-table kernel, with one and two threads,
+    and with the single-thread threshold forced both ways."""
+    from supsup_hopfield import inference
+
+    monkeypatch.setattr(inference, "_SERIAL_BYTES", serial_bytes)
+    rng = np.random.default_rng(k)
+    bank = PackedMaskBank.from_masks(random_masks(rng, k, REAL_SHAPES, density=0.4), REAL_SHAPES)
+    rows = np.unique(rng.choice(k, size=max(1, k // 2), replace=True))
+    grads = [rng.standard_normal(n).astype(np.float32) for n in bank.entries]
+    for subset in (None, rows):
+        idx = np.arange(k) if subset is None else subset
+        ref = sum(inner_reference(p[idx], g, n) for p, g, n in zip(bank.packed, grads, bank.entries))
+        np.testing.assert_allclose(bank.inner(grads, rows=subset), ref, rtol=1e-5, atol=1e-3)
+        for l, c in enumerate(bank.counts(rows=subset)):
+            bits = np.unpackbits(bank.packed[l][idx], axis=1, count=bank.entries[l])
+            np.testing.assert_array_equal(c, bits.sum(axis=0))
+    for weights in (None, rng.choice([0.5, -2.0], size=k), rng.random(k)):
+        for l, s in enumerate(bank.superpose(weights)):
+            w = np.full(k, 1.0 / k) if weights is None else weights
+            np.testing.assert_allclose(s, superpose_reference(bank.packed[l], w, bank.entries[l]),
+                                       rtol=1e-5, atol=1e-4)
+
+
 def test_weighted_superposition_matches_the_reference():
     rng = np.random.default_rng(5)
     bank = PackedMaskBank.from_masks(random_masks(rng, 23))
