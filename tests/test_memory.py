@@ -34,6 +34,21 @@ def literal_storkey(Z):
     return W
 
 
+def literal_storkey_paper(Z):
+    """The paper's simplified rule, entry by entry: h_i = Σ_k w_ik z_k, then
+    w_ij += (z_i z_j − δ_ij − z_i h_j − h_i z_j)/d."""
+    d = Z.shape[1]
+    W = np.zeros((d, d))
+    for z in Z:
+        h = [sum(W[i, k] * z[k] for k in range(d)) for i in range(d)]
+        new = W.copy()
+        for i in range(d):
+            for j in range(d):
+                new[i, j] += (z[i] * z[j] - (1.0 if i == j else 0.0) - z[i] * h[j] - h[i] * z[j]) / d
+        W = new
+    return W
+
+
 def rel_err(a, b):
     return np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()
 
@@ -54,6 +69,36 @@ def test_storkey_known_answer():
 def test_plain_storkey_matches_its_letter_by_letter_definition():
     Z = random_patterns(5, 7, seed=3)
     np.testing.assert_allclose(reference_weights("storkey", Z), literal_storkey(Z), atol=1e-12)
+
+
+def test_storkey_paper_matches_its_entry_by_entry_definition():
+    Z = random_patterns(6, 9, seed=4)
+    ref = literal_storkey_paper(Z)
+    np.testing.assert_allclose(reference_weights("storkey-paper", Z), ref, atol=1e-12)
+    np.testing.assert_allclose(HopfieldMemory(9, "storkey-paper", "float64").store(Z).weights, ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["projection", "projection-zd"])
+def test_projection_with_dependent_patterns_in_one_blocked_call(rule):
+    """Duplicates, complements and more patterns than dimensions, all in one call: each pattern
+    already in the span changes nothing, exactly as the per-pattern definition skips it."""
+    d = 24
+    Z = random_patterns(40, d, seed=5)
+    Z[7] = Z[2]
+    Z[11] = -Z[3]
+    Z[12] = Z[0]
+    ref = reference_weights("projection", Z)
+    mem = HopfieldMemory(d, rule, "float64").store(Z)  # 40 >= the blocking threshold: one blocked call
+    assert rel_err(mem.weights, ref) < 1e-10
+    np.testing.assert_allclose(mem.weights, np.eye(d), atol=1e-9)  # 40 > d patterns span everything
+    W = np.zeros((d, d))
+    assert rules.store_blocked("projection", W, Z.astype(np.float64), block=16, inner=3) == d
+    assert rel_err(W, ref) < 1e-10
+    few = Z[:14]  # rank 11: patterns 7, 11, 12 repeat earlier ones
+    W = np.zeros((d, d))
+    assert rules.store_blocked("projection", W, few.astype(np.float64)) == 11
+    assert rel_err(W, reference_weights("projection", few)) < 1e-10
+    assert np.linalg.matrix_rank(W) == 11
 
 
 def test_hebbian_is_the_sum_of_outer_products():

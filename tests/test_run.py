@@ -166,6 +166,45 @@ def test_sigkill_after_second_checkpoint_then_resume(tmp_path):
 
 
 @needs_data
+def test_ctrl_c_saves_exactly_the_finished_tasks_and_resume_matches_an_uninterrupted_run(tmp_path):
+    small = [a if a != "split-fashion-mnist" else "permuted-fashion-mnist" for a in SMALL]
+    out, whole = tmp_path / "c.h5", tmp_path / "whole.h5"
+    cmd = [sys.executable, "-m", "cli", "train", "--tasks", "4", *small, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:  # one line per finished task
+            lines.append(line)
+            if line.startswith("task 1:"):
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stderr.readlines()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130, "".join(lines)
+    text = "".join(lines)
+    assert "Traceback" not in text and lines[-1].startswith("interrupted: ")
+    finished = sum(line.startswith("task ") for line in lines)
+    assert lines[-1].startswith(f"interrupted: {finished} finished tasks are saved in {out}")
+    saved = read_archive(out)
+    assert [t["task"] for t in saved.per_task] == list(range(finished)) and finished >= 2
+    assert all(m.n_stored == finished for m in saved.memories.values())
+    assert all(len(m) == finished for m in saved.masks.values())
+
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(cmd[:-1] + [str(whole)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a, b = read_archive(out), read_archive(whole)
+    assert [t["mask_sha256"] for t in a.per_task] == [t["mask_sha256"] for t in b.per_task]
+    for layer in ("layer0", "layer1"):
+        np.testing.assert_array_equal(a.masks[layer], b.masks[layer])
+        np.testing.assert_array_equal(a.memories[layer].weights, b.memories[layer].weights)
+
+
+@needs_data
 def test_errors_are_one_line_and_nothing_is_overwritten(tmp_path):
     out = tmp_path / "e.h5"
     run = lambda *args: CliRunner().invoke(app, ["train", *args])  # noqa: E731
