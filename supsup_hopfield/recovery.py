@@ -14,9 +14,8 @@ Two methods (`RecoveryConfig.method`):
     2. select (per task): rank the distinct candidates by the mean output entropy of the
        network under them, first on `screen_samples` test images, then the `shortlist` best on
        `selection_batches` batches; the lowest wins. Entropy tells a task's own masks from every
-       other stored pair by a wide margin (250 permuted Fashion-MNIST hopnet tasks: 1.1 nats
-       against 1.85 and more, measured), so the choice is safe once the right mask is among
-       the candidates; the cue, not the choice, is what limits recovery.
+       other stored task's by a wide margin (docs/METHOD.md), so the choice is safe once the
+       right mask is among the candidates; the cue, not the choice, is what limits recovery.
   The index of the winning cue is the task the memory thinks the batches come from ("chosen").
   Limits: cues only work while a trained mask stays near its start. After 1000 steps a hopnet
   mask keeps ~57% of its initial bits (vs 63% after 100), and with score init "zeros" every
