@@ -138,6 +138,9 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
         if rule not in RULES:
             raise UserError(f"memory rule: expected one of {', '.join(RULES)}, got {rule!r}")
     path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
+    if archive.config.get("scenario") == "nns":
+        raise UserError(f"{path}: holds an NNs run, whose masks are not one per task; replay needs a run "
+                        f"trained with the task given (--scenario gg)")
     if not archive.masks:
         raise UserError(f"{path}: replay rebuilds the memory from the explicit masks, and this run was "
                         f"trained with --no-keep-masks")
@@ -149,7 +152,7 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
     methods = [recovery] + ([RecoveryConfig.paper(batch_size=recovery.batch_size)] if baseline else [])
     jobs = [(rule, k, rec) for rule in rules for k in stored for rec in methods]
     total = sum(len([t for t in chosen if t < k]) for _, k, _ in jobs)
-    done = 0
+    done, gg = 0, {}  # task-given accuracies: the same for every rule and count
     rows = []
     for rule, k, rec in jobs:
         subset = [t for t in chosen if t < k]
@@ -161,7 +164,7 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
             if progress is not None:
                 progress(base + i, total)
 
-        records = evaluate_recovery(net, archive, stream, subset, rec, memories=memories, progress=step)
+        records = evaluate_recovery(net, archive, stream, subset, rec, memories=memories, progress=step, gg_cache=gg)
         done += len(subset)
         exact = [r["hamming"] is not None and not any(r["hamming"]) for r in records]
         rows.append({"rule": rule, "stored": k, "recovery": "paper" if rec.method == "descent" else rec.method,
@@ -198,21 +201,29 @@ def plot_replay(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    for key in dict.fromkeys((r["rule"], r["recovery"]) for r in result["rows"]):
-        rows = [r for r in result["rows"] if (r["rule"], r["recovery"]) == key]
-        label = f"{key[0]}, {key[1]}"
-        style = "--" if key[1] == "paper" else "-"
-        ks = [r["stored"] for r in rows]
-        ax.plot(ks, [r["exact_fraction"] for r in rows], style, marker="o", ms=4, label=label)
-        bx.plot(ks, [r["mean_accuracy"] / r["mean_gg_accuracy"] for r in rows], style, marker="o", ms=4, label=label)
+    rules = list(dict.fromkeys(r["rule"] for r in result["rows"]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, rule in enumerate(rules):  # one colour and marker per rule, thinner on top: lines that
+        for method in ("seeded", "paper", "descent"):  # coincide stay visible
+            rows = [r for r in result["rows"] if (r["rule"], r["recovery"]) == (rule, method)]
+            if not rows:
+                continue
+            style = dict(color=colors[i % len(colors)], marker="osD^v<>"[i % 7], ms=8 - 1.2 * i,
+                         lw=3.2 - 0.5 * i, ls="--" if method == "paper" else "-", label=f"{rule}, {method}")
+            ks = [r["stored"] for r in rows]
+            ax.plot(ks, [r["exact_fraction"] for r in rows], **style)
+            bx.plot(ks, [r["mean_accuracy"] / r["mean_gg_accuracy"] for r in rows], **style)
+    ticks = sorted({r["stored"] for r in result["rows"]})
     for a, title in ((ax, "tasks recovered exactly"), (bx, "accuracy, recovered / task given")):
         a.set_xscale("log")
+        a.set_xticks(ticks, [str(k) for k in ticks])
         a.set_xlabel("masks stored in the memory")
         a.set_ylim(-0.03, 1.03)
         a.set_title(title)
         a.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 

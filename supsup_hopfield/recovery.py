@@ -475,7 +475,7 @@ def recover_masks(net: BaseNet, memories: dict, batches: Iterable, config: Recov
 
 def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[int]] = None,
                       config: RecoveryConfig = RecoveryConfig(), seed: int = 0, memories: Optional[dict] = None,
-                      progress=None) -> List[dict]:
+                      progress=None, gg_cache: Optional[dict] = None) -> List[dict]:
     """Recover every task in `tasks` (default: all the archive's tasks) from the archive's
     memories (or `memories`, e.g. rebuilt from its explicit masks under another rule) and the
     task's test batches (labels dropped), then score it with the labels. The seeded cues of
@@ -485,7 +485,8 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
     `training.evaluate`), gg_accuracy (the true masks, the same evaluation; None without explicit
     masks), hamming (per masked layer, vs archive.masks; None without them), chosen, candidates,
     entropy, fixed_point, steps, seconds (this task's selection plus an equal share of the
-    shared decoding)."""
+    shared decoding). `gg_cache` (task -> gg_accuracy) lets calls on the same run share the
+    task-given accuracies, which do not depend on the memory."""
     from supsup_hopfield.run import RunConfig
     from supsup_hopfield.training import evaluate
 
@@ -528,7 +529,10 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
         record = {"task": t, "accuracy": None, "gg_accuracy": None, "hamming": None}
         if masks is not None:
             true = [masks[f"layer{l}"][t] for l in range(len(layout.shapes))]
-            record["gg_accuracy"] = evaluate(net, true, task)
+            cache = {} if gg_cache is None else gg_cache
+            if t not in cache:
+                cache[t] = evaluate(net, true, task)
+            record["gg_accuracy"] = cache[t]
             record["hamming"] = [int(np.count_nonzero(a != b)) for a, b in zip(rec, true)]
             if not any(record["hamming"]):  # the same masks on the same batches: the same accuracy
                 record["accuracy"] = record["gg_accuracy"]
