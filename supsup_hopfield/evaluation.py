@@ -154,11 +154,14 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
     total = sum(len([t for t in chosen if t < k]) for _, k, _ in jobs)
     done, gg = 0, {}  # task-given accuracies: the same for every rule and count
     rows = []
+    built = {}  # (rule, k) -> memories, shared by the recovery methods
     for rule, k, rec in jobs:
         subset = [t for t in chosen if t < k]
         if not subset:
             continue
-        memories = replay_memories(archive.config, archive.masks, rule, k)
+        if (rule, k) not in built:
+            built = {(rule, k): replay_memories(archive.config, archive.masks, rule, k)}
+        memories = built[rule, k]
 
         def step(i, _total, base=done):
             if progress is not None:

@@ -517,8 +517,12 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
                             "this archive has none; use method 'descent'")
         train = RunConfig.from_dict(archive.config["run"]).train
         stored = max(m.n_stored for m in layout.memories)
-        candidates = decode(net, memories, seeded_cues(net, train.mask_config, train.seed, range(stored)),
-                            config, slots, seed)
+        cues = seeded_cues(net, train.mask_config, train.seed, range(stored))
+        if stored > 1 and (cues == cues[0]).all():
+            raise UserError("seeded cues: every task of this run started from the same mask (score init "
+                            f"{train.score_init!r}), so they cannot tell the tasks apart; use the descent "
+                            "(RecoveryConfig(method='descent'); supsup-hf eval --recovery descent)")
+        candidates = decode(net, memories, cues, config, slots, seed)
     shared = candidates.seconds / max(1, len(tasks)) if candidates is not None else 0.0
     out = []
     for k, t in enumerate(tasks):

@@ -140,6 +140,17 @@ def test_paper_method_is_the_baseline(trained):
         evaluate_recovery(net, archive, stream, tasks=[4])
 
 
+@needs_data
+def test_seeded_recovery_refuses_runs_whose_tasks_all_start_alike(tmp_path):
+    train = TrainConfig.for_architecture("hopnet", steps=5, device="cpu", score_init="zeros")
+    cfg = RunConfig(dataset="split-fashion-mnist", model="hopnet", widths=(16, 16), train=train)
+    archive = train_run(cfg, 2, tmp_path / "zeros.h5")
+    net = build_basenet("hopnet", (16, 16), 10, 0)
+    with pytest.raises(UserError, match="seeded cues: every task of this run started from the same mask "
+                                        "\\(score init 'zeros'\\).*method='descent'"):
+        evaluate_recovery(net, archive, make_stream("split-fashion-mnist", seed=0, n_tasks=2))
+
+
 def biased_patterns(n, d, seed, density=0.42):
     rng = np.random.default_rng(seed)
     return np.where(rng.random((n, d)) < density, 1, -1).astype(np.int8)
