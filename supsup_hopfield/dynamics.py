@@ -12,9 +12,9 @@
   recall to an exact fixed point. A soft state keeps the cue's weak evidence instead of
   committing every neuron at its first visit, and the normalisation by the field's rms makes
   the schedule independent of the rule's scale. From cues far from their pattern it recalls
-  what hard dynamics miss: the seeded initial masks of 250 trained hopnet masks (≈ 37% of bits
-  away) came back 99.6% exact under projection-zd, against 60% with asynchronous recall alone
-  (docs/METHOD.md).
+  what hard dynamics miss: cued with their seeded initial masks (≈ 35% of bits away), 249 of
+  250 trained hopnet tasks came back exact from projection-zd memories, against 137 with
+  asynchronous recall alone (`bench/recovery.py`, docs/METHOD.md).
 
 J is the matrix a memory's dynamics use (`HopfieldMemory.couplings`: Ψ, or Ψ without its
 diagonal for the rules that drop the self-coupling). Positions where `clamp` is True are never

@@ -183,7 +183,9 @@ class HopfieldMemory:
             return None
         if len(self._held) != 1:
             self._held = [np.concatenate(self._held) if self._held else np.zeros((0, self.dim), np.int8)]
-        return self._held[0]
+        v = self._held[0].view()
+        v.flags.writeable = False
+        return v
 
     @property
     def nbytes(self) -> int:
