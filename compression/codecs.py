@@ -95,8 +95,9 @@ class Codec:
 
     # -- header --------------------------------------------------------------------------
     def _header(self, shape) -> bytes:
-        if len(shape) > 255 or any(s > 0xFFFFFFFF for s in shape):
-            raise ValueError(f"{self.name}: expected at most 255 dims of < 2**32 entries, got shape {shape};"
+        # ndim fits its u8: numpy arrays have at most 64 dimensions
+        if any(s > 0xFFFFFFFF for s in shape):
+            raise ValueError(f"{self.name}: expected dimensions of < 2**32 entries, got shape {shape};"
                              f" reshape the mask")
         return _HEAD.pack(self.magic, VERSION, len(shape)) + struct.pack(f"<{len(shape)}I", *shape)
 
@@ -204,7 +205,7 @@ class Entropy(Codec):
         if ones in (0, n):
             if words:
                 self._fail("payload for a constant mask")
-            return np.full(n, ones == n and n > 0, dtype=bool)
+            return np.full(n, ones == n)  # a Python bool fill: a bool array
         compressed = np.frombuffer(body, dtype="<u4", offset=_ENT.size).astype(np.uint32)
         try:
             coder = constriction.stream.stack.AnsCoder(compressed)
