@@ -105,16 +105,16 @@ def plain_async(W, s, clamp, max_sweeps, rng, chunk=4):
         k = min(chunk, max_sweeps - done_sweeps)
         orders = rng.permuted(np.broadcast_to(base, (k, d)), axis=1)
         for order in orders:
-            flips = 0
+            changed = False
             for i in order:
                 if clamp[i]:
                     continue
                 new = 1 if W64[i] @ s >= 0 else -1
                 if new != s[i]:
                     s[i] = new
-                    flips += 1
+                    changed = True
             done_sweeps += 1
-            if flips == 0:
+            if not changed:
                 return s, done_sweeps
     return s, done_sweeps
 

@@ -214,6 +214,28 @@ def test_async_kernel_matches_plain_loop(rule):
             assert sweeps[c] == ref_sweeps
 
 
+def test_async_ties_and_sweep_limits():
+    """sign(0) = +1: with all couplings zero every free unit goes to +1 in one sweep and the
+    second sweep finds nothing to change. J = -I flips every unit at every visit, so recall never
+    settles and stops after exactly max_sweeps (5, not a multiple of the 4 sweeps drawn at a time)."""
+    d = 9
+    cue = -np.ones((1, d), np.int8)
+    W = np.zeros((d, d), np.float32)
+    out = cue.copy()
+    sweeps = dynamics.recall_async(W, out, np.zeros(d, bool), 10, np.random.default_rng(0))
+    ref, ref_sweeps = dynamics.plain_async(W, cue[0], np.zeros(d, bool), 10, np.random.default_rng(0))
+    np.testing.assert_array_equal(out[0], np.ones(d))
+    np.testing.assert_array_equal(ref, np.ones(d))
+    assert sweeps[0] == ref_sweeps == 2
+    W = -np.eye(d, dtype=np.float32)
+    out = cue.copy()
+    sweeps = dynamics.recall_async(W, out, np.zeros(d, bool), 5, np.random.default_rng(0))
+    ref, ref_sweeps = dynamics.plain_async(W, cue[0], np.zeros(d, bool), 5, np.random.default_rng(0))
+    assert sweeps[0] == ref_sweeps == 5
+    np.testing.assert_array_equal(out[0], -cue[0])  # an odd number of flips
+    np.testing.assert_array_equal(ref, -cue[0])
+
+
 def test_sync_recall_against_definition():
     d = 80
     Z = random_patterns(8, d, seed=8)
