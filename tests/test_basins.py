@@ -91,6 +91,25 @@ def test_one_margin_epoch_as_matrices_equals_the_plain_loops():
                                rules.plain_margin_epoch(W, Z, None, 0.8, 0.7).T)  # symmetric
 
 
+def test_margin_epoch_edge_cases_match_the_plain_loops():
+    """A unit with no couplings (norm 0 counts as 1), and a unit exactly at the margin (κ = 0
+    with Ψ = 0: stability 0 is not below 0, and a zero field is not a wrong unit)."""
+    rng = np.random.default_rng(1)
+    Z = random_patterns(6, 11, seed=3)
+    cues = flip_bits(Z, 0.3, rng)
+    W = rng.standard_normal((11, 11))
+    W = (W + W.T) / 2
+    W[0] = W[:, 0] = 0
+    plain = rules.plain_margin_epoch(W, Z, cues, kappa=0.5, lr=0.3)
+    fast = W.copy()
+    rules._margin_epoch(fast, Z.astype(np.float64), cues.astype(np.float64), 0.5, 0.3)
+    np.testing.assert_allclose(fast, plain / np.sqrt(np.mean(plain * plain) * 11), rtol=1e-12, atol=1e-14)
+    assert plain[0].any()  # the uncoupled unit was short, so it gained couplings
+    zero = np.zeros((11, 11))
+    np.testing.assert_array_equal(rules.plain_margin_epoch(zero, Z, cues, kappa=0.0, lr=0.3), zero)
+    assert rules._margin_epoch(zero.copy(), Z.astype(np.float64), cues.astype(np.float64), 0.0, 0.3) == (0, 0)
+
+
 @pytest.mark.parametrize("n, d, seed", [(40, 100, 0), (100, 200, 1), (30, 64, 2)])
 def test_margin_invariants(n, d, seed):
     Z = random_patterns(n, d, seed=seed, bias=0.4)
