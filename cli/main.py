@@ -2,8 +2,10 @@
 
 Every command is a small function over library calls. Errors the user can fix (bad options,
 library `ValueError`s, damaged archives, missing data) end as ONE line on stderr and exit code 2,
-never a traceback. Commands live in sibling modules and are registered at the bottom.
+never a traceback. Commands live in sibling modules, imported only when one is run (torch and
+Numba take seconds to import; `supsup-hf --help` and `--version` need neither).
 """
+import importlib
 import os
 import sys
 
@@ -15,8 +17,33 @@ import click  # noqa: E402
 from supsup_hopfield.errors import UserError  # noqa: E402
 
 
+# name -> (module, command object, the line `supsup-hf --help` shows for it)
+COMMANDS = {
+    "basins": ("cli.capacity", "basins", "Recall from noisy cues, per rule and load."),
+    "capacity": ("cli.capacity", "capacity", "Fixed points and recall of random ±1 patterns."),
+    "eval": ("cli.eval", "eval_", "Accuracy of ARCHIVE's tasks by inference method."),
+    "inspect": ("cli.inspect", "inspect", "What ARCHIVE holds: config, tasks, memories."),
+    "storage-report": ("cli.storage", "storage_report", "Bytes per mask: codecs against the memory."),
+    "train": ("cli.train", "train", "Learn a supermask per task; store it in the memory."),
+}
+
+
 class App(click.Group):
-    """A click group whose every user error is one line on stderr and exit code 2."""
+    """A click group whose every user error is one line on stderr and exit code 2, and whose
+    commands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][2]) for name in self.list_commands(ctx)])
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -47,13 +74,4 @@ def app():
     """Supermasks in Superposition with the masks stored in a fixed-size Hopfield memory."""
 
 
-def _register():
-    from cli import capacity, eval, inspect, storage, train
-
-    for command in (train.train, eval.eval_, inspect.inspect, storage.storage_report, capacity.capacity,
-                    capacity.basins):
-        app.add_command(command)
-
-
-_register()
 main = app
