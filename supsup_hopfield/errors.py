@@ -7,3 +7,28 @@ class UserError(Exception):
 
 class ArchiveError(UserError):
     """An archive that cannot be trusted: not HDF5, truncated, damaged, or of another schema."""
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (0 where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_fits(subject: str, parts: dict, fix: str, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, work whose arrays (`parts`: what -> bytes) would
+    need more than this machine's RAM; the message gives the bytes and `fix`."""
+    need = sum(parts.values())
+    available = physical_memory() if available is None else available
+    if available and need > available:
+        detail = ", ".join(f"{what} {_gib(n)}" for what, n in parts.items() if n)
+        raise UserError(f"{subject} needs about {_gib(need)} ({detail}), more than this machine's {_gib(available)}"
+                        f" of RAM; {fix}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"

@@ -17,6 +17,7 @@ model keeps explicit masks only.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from supsup_hopfield.archive import Archive, PackedMasks, mask_sha256, read_archive, write_archive
 from supsup_hopfield.basenet import DEFAULT_WIDTHS, MASK_KINDS, BaseNetSpec, build_basenet
-from supsup_hopfield.errors import UserError
+from supsup_hopfield.errors import UserError, check_fits
 from supsup_hopfield.masks import initial_mask
 from supsup_hopfield.memory import HopfieldMemory, block_edges
 from supsup_hopfield.rules import RULES
@@ -230,9 +231,9 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
         raise UserError(f"{out} exists; pass --resume to continue it or --force to overwrite it")
     if resume and not out.exists():
         raise UserError(f"{out} does not exist, so there is nothing to resume; drop --resume")
-    if out.exists() and out.is_dir():
-        raise UserError(f"{out} is a folder; give a file path for --out")
+    _check_out(out, resume, force)
 
+    check_run_fits(cfg)
     stream, net = stream_and_net(cfg, tasks, data_dir, download)
     slots = memory_slots(cfg)
     config = {"run": cfg.to_dict(), "base_network": net.spec.to_dict(), "stream": stream.recipe(),
@@ -306,6 +307,8 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
         raise UserError(f"tasks: expected at least 1, got {tasks}")
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to overwrite it (NNs runs are not resumable)")
+    _check_out(out, resume=False, force=force)
+    check_run_fits(cfg)
     nns_cfg = NNsConfig(check_every=check_every, budget=budget, train=cfg.train)
     stream, net = stream_and_net(cfg, tasks, data_dir, download)
     masks, report = train_nns(net, stream, tasks, cfg.train.steps, nns_cfg, progress=progress)
@@ -332,12 +335,42 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
     return archive, report
 
 
+def _check_out(out: Path, resume: bool, force: bool):
+    """Refuse an --out that could not be written, before any task trains."""
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give a file path for --out")
+    folder = out.parent
+    if not folder.is_dir():
+        raise UserError(f"{out}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{out}: folder {folder} is not writable; choose another --out")
+
+
+# bytes per weight while training: frozen weight, score, its gradient and optimizer state (4 B
+# each, float32) and the seeded initial mask (int8)
+_TRAIN_BYTES_PER_WEIGHT = 17
+
+
+def check_run_fits(cfg: RunConfig, available: int | None = None):
+    """Refuse a run whose memories or network would not fit in RAM, before allocating them."""
+    widths = cfg.widths or DEFAULT_WIDTHS[cfg.model]
+    sizes = [784, *widths, cfg.outputs]
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    itemsize = np.dtype(cfg.memory_dtype).itemsize
+    memories = sum((s.stop - s.start) ** 2 * itemsize for s in memory_slots(cfg))
+    check_fits("this run", {"Hopfield memories": memories, "base network": weights * _TRAIN_BYTES_PER_WEIGHT},
+               "pass a smaller --hopfield-dim, --widths or --outputs", available)
+
+
 def stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool):
     """The run's task stream (data on the training device) and its frozen base network, rebuilt
     from the config alone (also how `evaluation` rebuilds a saved run)."""
     device = resolve_device(cfg.train.device)
     stream = make_stream(cfg.dataset, seed=cfg.seed, n_tasks=tasks if "split" in cfg.dataset else None,
                          data_dir=data_dir, download=download, device=device)
+    if cfg.outputs < stream.n_classes:
+        raise UserError(f"outputs: {cfg.dataset} has labels 0..{stream.n_classes - 1}, so it needs at least "
+                        f"{stream.n_classes} output neurons, got {cfg.outputs}; pass --outputs {stream.n_classes}")
     return stream, build_basenet(cfg.model, cfg.widths, cfg.outputs, cfg.seed, device=device)
 
 
