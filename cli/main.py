@@ -7,6 +7,7 @@ Numba take seconds to import; `supsup-hf --help` and `--version` need neither).
 """
 import importlib
 import os
+import re
 import sys
 
 # Idle OpenMP threads sleep instead of spinning: torch and Numba share the cores in one process.
@@ -45,6 +46,15 @@ class App(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl([(name, COMMANDS[name][2]) for name in self.list_commands(ctx)])
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:  # the library names Python parameters; say the command's flags
+            # the command's own options first, then train's (how a run was trained)
+            names = [ctx.invoked_subcommand] if ctx.invoked_subcommand else []
+            params = [p for n in [*names, "train"] for p in self.get_command(ctx, n).params]
+            raise type(e)(in_flags(str(e), params)) from e
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -55,11 +65,40 @@ class App(click.Group):
             sys.exit(130)
         except click.ClickException as e:
             _fail(e.format_message())
-        except (UserError, ValueError, OSError) as e:  # OSError: unwritable --out or --plot, ...
+        except (UserError, OSError) as e:  # OSError: unwritable --out or --plot, ...
             _fail(str(e))
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+_PARAM = re.compile(r"`([a-z_]+)(?:=([^`]*))?`")
+
+
+def in_flags(message: str, params) -> str:
+    """`message` with each backticked Python parameter (`name` or `name=value`) written as the
+    command's option (--name, --name value, --flag / --no-flag); other backticked names are left
+    as they are, without the backticks."""
+    options = {}
+    for p in params:
+        if isinstance(p, click.Option):
+            options.setdefault(p.name, p)
+
+    def flag(m):
+        name, value = m.group(1), m.group(2)
+        opt = options.get(name)
+        if opt is None:
+            return m.group(0)[1:-1]
+        if value is None:
+            return opt.opts[0]
+        if opt.is_flag:
+            return opt.opts[0] if value == "True" else (opt.secondary_opts or [opt.opts[0]])[0]
+        value = value.strip("'\"")
+        if value.startswith("(") and value.endswith(")"):  # a tuple is given comma-separated
+            value = value[1:-1].replace(" ", "").rstrip(",")
+        return f"{opt.opts[0]} {value}"
+
+    return _PARAM.sub(flag, message)
 
 
 def _fail(message: str):

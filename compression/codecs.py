@@ -35,6 +35,8 @@ import struct
 import constriction
 import numpy as np
 
+from supsup_hopfield.errors import UserError
+
 VERSION = 1
 _HEAD = struct.Struct("<4sBB")  # magic, version, ndim
 _ENT = struct.Struct("<QI")  # n_ones, n_words
@@ -45,7 +47,7 @@ def entropy_bits(p):
     """Binary entropy H(p) = -p log2 p - (1-p) log2(1-p) in bits; H(0) = H(1) = 0."""
     arr = np.asarray(p, dtype=np.float64)
     if np.any(~((arr >= 0) & (arr <= 1))):
-        raise ValueError(f"entropy_bits: expected probabilities in [0, 1], got {p!r}; pass a density")
+        raise UserError(f"entropy_bits: expected probabilities in [0, 1], got {p!r}; pass a density")
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -(np.where(arr > 0, arr * np.log2(arr), 0.0) + np.where(arr < 1, (1 - arr) * np.log2(1 - arr), 0.0))
     return float(h) if h.ndim == 0 else h
@@ -58,7 +60,7 @@ def check_mask(mask, name: str = "mask") -> np.ndarray:
         return arr
     if arr.dtype.kind in "iu" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= 1)):
         return arr.astype(bool)
-    raise ValueError(f"{name}: expected a bool array (or integers 0/1), got dtype {arr.dtype}"
+    raise UserError(f"{name}: expected a bool array (or integers 0/1), got dtype {arr.dtype}"
                      f" with other values; threshold it first, e.g. scores >= 0")
 
 
@@ -97,33 +99,33 @@ class Codec:
     def _header(self, shape) -> bytes:
         # ndim fits its u8: numpy arrays have at most 64 dimensions
         if any(s > 0xFFFFFFFF for s in shape):
-            raise ValueError(f"{self.name}: expected dimensions of < 2**32 entries, got shape {shape};"
+            raise UserError(f"{self.name}: expected dimensions of < 2**32 entries, got shape {shape};"
                              f" reshape the mask")
         return _HEAD.pack(self.magic, VERSION, len(shape)) + struct.pack(f"<{len(shape)}I", *shape)
 
     def _read_header(self, blob):
         if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise ValueError(f"{self.name}: expected a bytes blob, got {type(blob).__name__}")
+            raise UserError(f"{self.name}: expected a bytes blob, got {type(blob).__name__}")
         if len(blob) < _HEAD.size:
-            raise ValueError(f"{self.name}: blob truncated: expected at least {_HEAD.size} header bytes,"
+            raise UserError(f"{self.name}: blob truncated: expected at least {_HEAD.size} header bytes,"
                              f" got {len(blob)}; re-encode the mask")
         magic, version, ndim = _HEAD.unpack_from(blob, 0)
         if magic != self.magic:
             other = _BY_MAGIC.get(magic)
             hint = f"decode it with CODECS[{other.name!r}]" if other else "it is not a mask blob"
-            raise ValueError(f"{self.name}: expected magic {self.magic!r}, got {magic!r}; {hint}")
+            raise UserError(f"{self.name}: expected magic {self.magic!r}, got {magic!r}; {hint}")
         if version != VERSION:
-            raise ValueError(f"{self.name}: blob version {version} unsupported (supported: {VERSION});"
+            raise UserError(f"{self.name}: blob version {version} unsupported (supported: {VERSION});"
                              f" upgrade supsup-hopfield")
         end = _HEAD.size + 4 * ndim
         if len(blob) < end:
-            raise ValueError(f"{self.name}: blob truncated inside its shape header ({len(blob)} of"
+            raise UserError(f"{self.name}: blob truncated inside its shape header ({len(blob)} of"
                              f" {end} bytes); re-encode the mask")
         shape = struct.unpack_from(f"<{ndim}I", blob, _HEAD.size)
         return tuple(shape), end
 
     def _fail(self, what):
-        raise ValueError(f"{self.name}: corrupt or truncated blob: {what}; re-encode the mask")
+        raise UserError(f"{self.name}: corrupt or truncated blob: {what}; re-encode the mask")
 
 
 class Csc16(Codec):
@@ -135,12 +137,12 @@ class Csc16(Codec):
     def _body(self, m, base):
         rows, cols = _csc_view(m.shape)
         if rows > CSC16_MAX_ROWS:
-            raise ValueError(f"csc16: expected at most {CSC16_MAX_ROWS} rows per column, got {rows}"
+            raise UserError(f"csc16: expected at most {CSC16_MAX_ROWS} rows per column, got {rows}"
                              f" (shape {m.shape}); use bitpack or entropy, or reshape the mask")
         m2 = m.reshape(rows, cols)
         c_idx, r_idx = np.nonzero(m2.T)  # ordered by column, then row
         if r_idx.size > 0xFFFFFFFF:
-            raise ValueError(f"csc16: expected < 2**32 nonzeros, got {r_idx.size}; split the mask")
+            raise UserError(f"csc16: expected < 2**32 nonzeros, got {r_idx.size}; split the mask")
         colptr = np.zeros(cols + 1, dtype="<u4")
         np.cumsum(np.bincount(c_idx, minlength=cols), out=colptr[1:])
         return colptr.tobytes() + r_idx.astype("<u2").tobytes()
@@ -226,11 +228,11 @@ class Delta(Entropy):
 
     def _check_base(self, base, shape):
         if base is None:
-            raise ValueError(f"delta: expected a base mask of shape {tuple(shape)}, got none;"
+            raise UserError(f"delta: expected a base mask of shape {tuple(shape)}, got none;"
                              f" pass base= (the mask the delta is taken against)")
         b = check_mask(base, "delta base")
         if b.shape != tuple(shape):
-            raise ValueError(f"delta: expected a base mask of shape {tuple(shape)}, got {b.shape};"
+            raise UserError(f"delta: expected a base mask of shape {tuple(shape)}, got {b.shape};"
                              f" pass the base this mask was encoded against")
         return b
 
@@ -264,7 +266,7 @@ def codec_of(blob) -> str:
     """Name of the codec that wrote `blob` (read from its magic)."""
     magic = bytes(blob[:4])
     if magic not in _BY_MAGIC:
-        raise ValueError(f"expected a mask blob starting with one of {sorted(_BY_MAGIC)}, got {magic!r};"
+        raise UserError(f"expected a mask blob starting with one of {sorted(_BY_MAGIC)}, got {magic!r};"
                          f" this is not a mask blob")
     return _BY_MAGIC[magic].name
 

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from compression.codecs import CODECS, check_mask, entropy_bits
+from supsup_hopfield.errors import UserError, check_fits
 from supsup_hopfield.memory import HopfieldMemory, block_edges
 from supsup_hopfield.rules import theoretical_capacity
 
@@ -44,8 +45,10 @@ def synthetic_masks(tasks: int, shape, density: float, flips: float | None = Non
     tasks, shape = _check_tasks(tasks), _check_shape(shape)
     density = _check_fraction(density, "density")
     flips = None if flips is None else _check_fraction(flips, "flips")
-    rng = np.random.default_rng(seed)
     n = math.prod(shape)
+    check_fits("these synthetic masks", {"masks": tasks * n, "bases": tasks * n if flips is not None else 0},
+               "pass fewer `tasks` or a smaller `shape`")
+    rng = np.random.default_rng(seed)
     masks = np.empty((tasks, *shape), dtype=bool)
     bases = None if flips is None else np.empty_like(masks)
     for t in range(tasks):
@@ -70,11 +73,11 @@ def storage_report(masks, bases=None, hopfield_dim=None, hopfield_rule="projecti
     """
     masks = check_mask(masks, "masks")
     if masks.ndim < 1 or masks.shape[0] < 1:
-        raise ValueError(f"masks: expected an array (tasks, *shape) with tasks >= 1, got shape {masks.shape}")
+        raise UserError(f"masks: expected an array (tasks, *shape) with tasks >= 1, got shape {masks.shape}")
     if bases is not None:
         bases = check_mask(bases, "bases")
         if bases.shape != masks.shape:
-            raise ValueError(f"bases: expected shape {masks.shape} (one base per mask), got {bases.shape}")
+            raise UserError(f"bases: expected shape {masks.shape} (one base per mask), got {bases.shape}")
     formats = _check_formats(formats, bases is not None)
     tasks, entries = masks.shape[0], math.prod(masks.shape[1:])
     density = float(masks.mean()) if masks.size else 0.0
@@ -225,11 +228,13 @@ def _measure_hopfield(masks, dim, rule, dtype, curve_points):
     flat = masks.reshape(tasks, -1)
     length = flat.shape[1]
     if length < 2:
-        raise ValueError(f"hopfield: expected masks with at least 2 entries, got {length}; drop 'hopfield' from formats")
+        raise UserError(f"hopfield: expected masks with at least 2 entries, got {length}; drop 'hopfield' from formats")
     dim = min(length, DEFAULT_HOPFIELD_DIM) if dim is None else dim
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 2:
-        raise ValueError(f"hopfield_dim: expected an integer >= 2, got {dim!r}")
+        raise UserError(f"hopfield_dim: expected an integer >= 2, got {dim!r}")
     dim = int(dim)
+    check_fits("the Hopfield memory", {"one memory block": (min(dim, length) + 1) ** 2 * np.dtype(dtype).itemsize},
+               "pass a smaller `hopfield_dim`")
     edges = block_edges(length, dim)
     points = np.unique(np.linspace(1, tasks, max(1, min(int(curve_points), tasks))).round().astype(int))
     points[-1] = tasks
@@ -305,7 +310,7 @@ def _human(n):
 # --------------------------------------------------------------------------------------------
 def _check_tasks(tasks):
     if isinstance(tasks, bool) or not isinstance(tasks, (int, np.integer)) or tasks < 1:
-        raise ValueError(f"tasks: expected an integer >= 1, got {tasks!r}")
+        raise UserError(f"tasks: expected an integer >= 1, got {tasks!r}")
     return int(tasks)
 
 
@@ -315,7 +320,7 @@ def _check_shape(shape):
     except (TypeError, ValueError):
         dims = ()
     if not dims or any(s < 0 for s in dims):
-        raise ValueError(f"shape: expected a tuple of non-negative integers such as (300, 784), got {shape!r}")
+        raise UserError(f"shape: expected a tuple of non-negative integers such as (300, 784), got {shape!r}")
     return dims
 
 
@@ -325,7 +330,7 @@ def _check_fraction(value, name):
     except (TypeError, ValueError):
         value = float("nan")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}: expected a fraction in [0, 1], got {value}")
+        raise UserError(f"{name}: expected a fraction in [0, 1], got {value}")
     return value
 
 
@@ -335,7 +340,7 @@ def _check_formats(formats, have_bases):
     formats = list(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise ValueError(f"formats: expected names from {list(FORMATS)}, got {unknown}")
+        raise UserError(f"formats: expected names from {list(FORMATS)}, got {unknown}")
     if "delta" in formats and not have_bases:
-        raise ValueError("formats: 'delta' needs bases, got none; pass bases= or drop 'delta'")
+        raise UserError("formats: 'delta' needs bases, got none; pass bases= or drop 'delta'")
     return formats

@@ -85,18 +85,18 @@ class PackedMasks:
         self.n_bits = int(np.prod(self.mask_shape, dtype=np.int64))
         n_bytes = (self.n_bits + 7) // 8
         if self.bits.dtype != np.uint8 or self.bits.ndim != 2 or self.bits.shape[1] != n_bytes:
-            raise ValueError(f"packed masks: expected uint8 bits of shape (tasks, {n_bytes}) for "
+            raise UserError(f"packed masks: expected uint8 bits of shape (tasks, {n_bytes}) for "
                              f"masks of shape {self.mask_shape}, got {self.bits.dtype} {self.bits.shape}")
         pad = 8 * n_bytes - self.n_bits
         if pad and self.bits.shape[0] and (self.bits[:, -1] & ((1 << pad) - 1)).any():
-            raise ValueError("packed masks: the padding bits of each row must be zero (as np.packbits writes them)")
+            raise UserError("packed masks: the padding bits of each row must be zero (as np.packbits writes them)")
 
     @classmethod
     def pack(cls, masks) -> "PackedMasks":
         """Pack bool masks (tasks, *mask_shape)."""
         a = _check_bool(masks, "masks")
         if a.ndim < 2:
-            raise ValueError(f"masks: expected shape (tasks, *mask_shape), got {a.shape}")
+            raise UserError(f"masks: expected shape (tasks, *mask_shape), got {a.shape}")
         n_bits = int(np.prod(a.shape[1:], dtype=np.int64))
         return cls(np.packbits(a.reshape(a.shape[0], n_bits), axis=1), a.shape[1:])
 
@@ -119,7 +119,7 @@ class PackedMasks:
 
     def __array__(self, dtype=None, copy=None):
         if copy is False:
-            raise ValueError("packed masks: unpacking to bool always copies; call np.asarray without copy=False")
+            raise UserError("packed masks: unpacking to bool always copies; call np.asarray without copy=False")
         a = self[:]
         return a if dtype is None else a.astype(dtype)
 
@@ -186,7 +186,7 @@ def _check_bool(m, name: str) -> np.ndarray:
         return a
     if np.issubdtype(a.dtype, np.number) and ((a == 0) | (a == 1)).all():
         return a.astype(bool)
-    raise ValueError(f"{name}: expected a boolean (or 0/1) mask, got dtype {a.dtype}")
+    raise UserError(f"{name}: expected a boolean (or 0/1) mask, got dtype {a.dtype}")
 
 
 def _json_default(o):
@@ -203,7 +203,7 @@ def _to_json(value, name: str, sort: bool = False) -> str:
         return json.dumps(value, sort_keys=sort, separators=(",", ":"), ensure_ascii=True,
                           default=_json_default)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: {e}; pass plain dicts, lists, strings and numbers") from None
+        raise UserError(f"{name}: {e}; pass plain dicts, lists, strings and numbers") from None
 
 
 def _attrs_sha256(attrs: dict) -> str:
@@ -214,7 +214,7 @@ def _attrs_sha256(attrs: dict) -> str:
 
 def _check_name(name, what: str) -> str:
     if not isinstance(name, str) or not name or name == "." or "/" in name or "\0" in name:
-        raise ValueError(f"{what}: layer names must be non-empty strings without '/', got {name!r}")
+        raise UserError(f"{what}: layer names must be non-empty strings without '/', got {name!r}")
     return name
 
 
@@ -280,13 +280,13 @@ class _Writer:
 def _check_archive(archive: Archive):
     """Validate an Archive for writing; returns (memories, masks, n_tasks) converted."""
     if not isinstance(archive, Archive):
-        raise ValueError(f"archive: expected an Archive, got {type(archive).__name__}")
+        raise UserError(f"archive: expected an Archive, got {type(archive).__name__}")
     memories = {}
     for name, mem in dict(archive.memories).items():
         _check_name(name, "memories")
         w = np.asarray(getattr(mem, "weights", None))
         if w.ndim != 2 or w.shape[0] != w.shape[1] or w.dtype.newbyteorder("<").str not in _WEIGHT_DTYPES:
-            raise ValueError(f"memories[{name!r}]: expected a HopfieldMemory with square float32/"
+            raise UserError(f"memories[{name!r}]: expected a HopfieldMemory with square float32/"
                              f"float64 weights, got {type(mem).__name__}")
         memories[name] = mem
     masks, n_tasks = None, 0
@@ -296,18 +296,18 @@ def _check_archive(archive: Archive):
             _check_name(name, "masks")
             a = m if isinstance(m, PackedMasks) else _check_bool(m, f"masks[{name!r}]")
             if a.ndim < 2:
-                raise ValueError(f"masks[{name!r}]: expected shape (tasks, *layer_shape), got {a.shape}")
+                raise UserError(f"masks[{name!r}]: expected shape (tasks, *layer_shape), got {a.shape}")
             masks[name] = a
         counts = {a.shape[0] for a in masks.values()}
         if len(counts) > 1:
-            raise ValueError(f"masks: every layer needs the same number of tasks, got "
+            raise UserError(f"masks: every layer needs the same number of tasks, got "
                              f"{ {k: a.shape[0] for k, a in masks.items()} }")
         n_tasks = counts.pop() if counts else 0
     for what in ("per_task", "evaluations"):
         if not isinstance(getattr(archive, what), list):
-            raise ValueError(f"{what}: expected a list of dicts, got {type(getattr(archive, what)).__name__}")
+            raise UserError(f"{what}: expected a list of dicts, got {type(getattr(archive, what)).__name__}")
     if not isinstance(archive.config, dict):
-        raise ValueError(f"config: expected a dict, got {type(archive.config).__name__}")
+        raise UserError(f"config: expected a dict, got {type(archive.config).__name__}")
     return memories, masks, n_tasks
 
 

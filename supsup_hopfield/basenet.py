@@ -66,9 +66,9 @@ class BaseNetSpec:
         object.__setattr__(self, "widths", widths)
         if not widths or min(widths) < 1:
             raise UserError(f"widths: expected one or more positive hidden widths, got {list(widths)}; "
-                            "pass e.g. --widths 300,100")
+                            "pass e.g. `widths=(300, 100)`")
         if int(self.outputs) < 2:
-            raise UserError(f"outputs: expected at least 2 output neurons, got {self.outputs}; pass --outputs 10 or more")
+            raise UserError(f"outputs: expected at least 2 output neurons, got {self.outputs}; pass `outputs=10` or more")
 
     @property
     def sizes(self) -> Tuple[int, ...]:

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from supsup_hopfield.rules import RULES
+from supsup_hopfield.errors import UserError, check_fits
 from supsup_hopfield.memory import HopfieldMemory
-from supsup_hopfield.rules import flip_bits, theoretical_capacity
+from supsup_hopfield.rules import RULES, flip_bits, theoretical_capacity
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,28 @@ class CapacityResult:
                 "max_all_stable": self.max_all_stable, "points": self.points}
 
 
+# bytes per pattern entry while measuring: float64 draw, int8 pattern and cue, float64 field
+_BYTES_PER_ENTRY = 18
+
+
+def _check_fits(dim: int, patterns: int):
+    check_fits("this measurement", {"Hopfield memory": dim * dim * 4,
+                                    "patterns and cues": patterns * dim * _BYTES_PER_ENTRY},
+               "pass a smaller `dim` or fewer patterns")
+
+
 def _check(cfg: CapacityConfig):
+    if isinstance(cfg.dim, bool) or not isinstance(cfg.dim, int) or cfg.dim < 2:
+        raise UserError(f"dim: expected an integer >= 2, got {cfg.dim!r}")
     if cfg.max_patterns < 1:
-        raise ValueError(f"max_patterns: expected >= 1, got {cfg.max_patterns}")
+        raise UserError(f"max_patterns: expected >= 1, got {cfg.max_patterns}")
     if cfg.step < 0:
-        raise ValueError(f"step: expected >= 1, got {cfg.step}")
+        raise UserError(f"step: expected >= 1, got {cfg.step}")
     for name in ("noise", "bias"):
         v = getattr(cfg, name)
         if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name}: expected a fraction in [0, 1], got {v}")
+            raise UserError(f"{name}: expected a fraction in [0, 1], got {v}")
+    _check_fits(cfg.dim, cfg.max_patterns)
 
 
 def measure_capacity(cfg: CapacityConfig, progress=None) -> CapacityResult:
@@ -156,16 +169,17 @@ class BasinsConfig:
 
     def __post_init__(self):
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 2:
-            raise ValueError(f"dim: expected an integer >= 2, got {self.dim!r}")
+            raise UserError(f"dim: expected an integer >= 2, got {self.dim!r}")
         bad = [r for r in self.rules if r not in RULES]
         if not self.rules or bad:
-            raise ValueError(f"rules: expected some of {', '.join(RULES)}, got {', '.join(bad) or 'none'}")
+            raise UserError(f"rules: expected some of {', '.join(RULES)}, got {', '.join(bad) or 'none'}")
         if not self.loads or any(not 0 < a or round(a * self.dim) < 1 for a in self.loads):
-            raise ValueError(f"loads: expected loads n/d > 0 with at least one pattern each, got {list(self.loads)}")
+            raise UserError(f"loads: expected loads n/d > 0 with at least one pattern each, got {list(self.loads)}")
         if not self.noises or any(not 0 <= x <= 1 for x in self.noises):
-            raise ValueError(f"noises: expected fractions in [0, 1], got {list(self.noises)}")
+            raise UserError(f"noises: expected fractions in [0, 1], got {list(self.noises)}")
+        _check_fits(self.dim, max(int(round(a * self.dim)) for a in self.loads))
         if self.mode not in ("sync", "async", "anneal"):
-            raise ValueError(f"mode: expected sync, async or anneal, got {self.mode!r}")
+            raise UserError(f"mode: expected sync, async or anneal, got {self.mode!r}")
 
 
 def measure_basins(cfg: BasinsConfig, progress=None) -> dict:

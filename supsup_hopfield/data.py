@@ -191,8 +191,8 @@ def load_dataset(name: str, data_dir=None, download: bool = False, device="cpu")
     files = find_idx_files(folder)
     missing = [IDX_FILES[k] for k in IDX_FILES if k not in files]
     if missing:
-        hint = ("install the Debian package dataset-fashion-mnist, pass --data-dir, or pass --download"
-                if name == "fashion-mnist" else "pass --data-dir pointing at them, or pass --download")
+        hint = ("install the Debian package dataset-fashion-mnist, pass `data_dir`, or pass `download=True`"
+                if name == "fashion-mnist" else "pass `data_dir` pointing at them, or pass `download=True`")
         raise UserError(
             f"{name}: expected the four IDX files ({', '.join(IDX_FILES.values())}, .gz or not) in "
             f"{folder}, missing {', '.join(missing)}; put them there, {hint}"
@@ -241,5 +241,5 @@ def _download(name: str, folder: Path) -> None:
         reason = " ".join(str(e).split())[:200]
         raise UserError(
             f"{name}: expected to download the IDX files into {folder}, got an error ({reason}); "
-            f"check the internet connection or put the four IDX files there and pass --data-dir"
+            f"check the internet connection or put the four IDX files there and pass `data_dir`"
         ) from e

@@ -1,8 +1,11 @@
-"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2; any other
+exception is a bug and keeps its traceback."""
 
 
-class UserError(Exception):
-    """Bad input or a missing resource: the message says what was wrong and what to do."""
+class UserError(ValueError):
+    """Bad input or a missing resource: the message says what was wrong and what to do. It names
+    parameters as Python does, in backticks (`hopfield_dim`, or `hopfield_dim=4096` for a value
+    to pass); the CLI shows its own flags in their place. A ValueError, as numpy's are."""
 
 
 class ArchiveError(UserError):
@@ -26,7 +29,7 @@ def check_fits(subject: str, parts: dict, fix: str, available: int | None = None
     available = physical_memory() if available is None else available
     if available and need > available:
         detail = ", ".join(f"{what} {_gib(n)}" for what, n in parts.items() if n)
-        raise UserError(f"{subject} needs about {_gib(need)} ({detail}), more than this machine's {_gib(available)}"
+        raise UserError(f"{subject} would need about {_gib(need)} ({detail}), more than this machine's {_gib(available)}"
                         f" of RAM; {fix}")
 
 

@@ -32,7 +32,7 @@ def _open(path, data_dir, device, tasks):
     chosen = list(range(n)) if tasks is None else [int(t) for t in tasks]
     if not chosen or any(not 0 <= t < n for t in chosen):
         raise UserError(f"tasks: expected task indices in 0..{n - 1} (the run's {n} tasks), got "
-                        f"{_span(chosen)}; pass e.g. --tasks 0:{n}")
+                        f"{_span(chosen)}; pass e.g. `tasks='0:{n}'`")
     cfg = RunConfig.from_dict(archive.config["run"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
     stream, net = stream_and_net(cfg, n, data_dir, download=False)
@@ -80,11 +80,11 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
     path = Path(path)
     archive = read_archive(path, packed_masks=True)
     if method == "hopfield" and "run" in archive.config and not archive.memories:
-        raise UserError(f"{path}: this run kept no Hopfield memory (--memory-rule none); replay its explicit "
-                        f"masks into one with --memory-rule R --stored K")
+        raise UserError(f"{path}: this run kept no Hopfield memory (`memory_rule='none'`); replay its explicit "
+                        f"masks into one with `memory_rule=R` `stored=K`")
     if method != "hopfield" and "run" in archive.config and not archive.masks:
         raise UserError(f"{path}: method {method} needs the explicit masks, and this run was trained "
-                        f"with --no-keep-masks; use --method hopfield")
+                        f"with `keep_masks=False`; use `method='hopfield'`")
     path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
     start = time.perf_counter()
     if archive.config.get("scenario") == "nns":
@@ -140,15 +140,15 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
     path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
     if archive.config.get("scenario") == "nns":
         raise UserError(f"{path}: holds an NNs run, whose masks are not one per task; replay needs a run "
-                        f"trained with the task given (--scenario gg)")
+                        f"trained with the task given (`scenario='gg'`)")
     if not archive.masks:
         raise UserError(f"{path}: replay rebuilds the memory from the explicit masks, and this run was "
-                        f"trained with --no-keep-masks")
+                        f"trained with `keep_masks=False`")
     n = len(archive.per_task)
     stored = sorted({int(k) for k in stored})
     if not stored or stored[0] < 1 or stored[-1] > n:
         raise UserError(f"stored: expected counts in 1..{n} (the run's explicit masks), got {stored}; "
-                        f"pass e.g. --stored 10,{n}")
+                        f"pass e.g. `stored=(10, {n})`")
     methods = [recovery] + ([RecoveryConfig.paper(batch_size=recovery.batch_size)] if baseline else [])
     jobs = [(rule, k, rec) for rule in rules for k in stored for rec in methods]
     total = sum(len([t for t in chosen if t < k]) for _, k, _ in jobs)
@@ -282,7 +282,7 @@ def _nns(net, archive, stream, tasks, method, batch_size, progress):
 
     if method not in ("oneshot", "binary", "g"):
         raise UserError(f"method: an NNs run has no task ids to give (gg) and keeps its masks "
-                        f"explicitly; use --method oneshot, binary or g, got {method!r}")
+                        f"explicitly; use `method='oneshot'`, 'binary' or 'g', got {method!r}")
     n = len(archive.masks["layer0"])
     masks = [[archive.masks[f"layer{l}"][i] for l in range(len(archive.masks))] for i in range(n)]
     mapping = [t.get("mask") for t in archive.per_task]

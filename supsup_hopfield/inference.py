@@ -527,7 +527,7 @@ def _check_inputs(net, bank: PackedMaskBank, objective: str, n_classes: int) -> 
     outputs = net.spec.outputs
     if objective == "g" and not 1 <= n_classes < outputs:
         raise UserError(f"g objective: expected superfluous outputs (outputs > n_classes), got outputs={outputs}, "
-                        f"n_classes={n_classes}; build the network with more outputs (e.g. --outputs 500)")
+                        f"n_classes={n_classes}; build the network with more outputs (e.g. `outputs=500`)")
 
 
 def alpha_gradient(net, bank: PackedMaskBank, x: torch.Tensor, rows=None, objective: str = "entropy",

@@ -46,7 +46,7 @@ class MaskConfig:
         if self.rule not in MASK_RULES:
             raise UserError(f"mask rule: expected one of {', '.join(MASK_RULES)}, got {self.rule!r}; pick one of those")
         if not 0.0 < float(self.density) <= 1.0:
-            raise UserError(f"density: expected a fraction in (0, 1], got {self.density}; pass e.g. --density 0.5")
+            raise UserError(f"density: expected a fraction in (0, 1], got {self.density}; pass e.g. `density=0.5`")
         if self.score_init not in SCORE_INITS:
             raise UserError(f"score init: expected one of {', '.join(SCORE_INITS)}, got {self.score_init!r}; "
                             "pick one of those")

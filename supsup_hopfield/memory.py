@@ -29,6 +29,7 @@ Example::
 import numpy as np
 
 from supsup_hopfield import dynamics, rules
+from supsup_hopfield.errors import UserError
 from supsup_hopfield.rules import RULES, SELF_COUPLING, MarginConfig
 
 # Below this many patterns per call, the per-pattern Numba kernel beats blocking.
@@ -41,7 +42,7 @@ def check_dtype(dtype) -> np.dtype:
     except TypeError:
         dt = None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+        raise UserError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     return dt
 
 
@@ -52,17 +53,17 @@ def check_patterns(x, dim: int, name: str = "patterns"):
     """
     a = np.asarray(x)
     if a.dtype == object or not (a.dtype == bool or np.issubdtype(a.dtype, np.number)):
-        raise ValueError(f"{name}: expected a numeric or boolean array, got dtype {a.dtype}")
+        raise UserError(f"{name}: expected a numeric or boolean array, got dtype {a.dtype}")
     if a.ndim not in (1, 2):
-        raise ValueError(f"{name}: expected shape ({dim},) or (n, {dim}), got {a.shape}")
+        raise UserError(f"{name}: expected shape ({dim},) or (n, {dim}), got {a.shape}")
     single = a.ndim == 1
     a2 = a.reshape(1, -1) if single else a
     if a2.shape[1] != dim:
-        raise ValueError(f"{name}: expected length {dim}, got {a2.shape[1]}")
+        raise UserError(f"{name}: expected length {dim}, got {a2.shape[1]}")
     if a.dtype == bool:
         return (2 * a2.astype(np.int8) - 1), single
     if np.issubdtype(a.dtype, np.floating) and np.isnan(a2).any():
-        raise ValueError(f"{name}: contains NaN; expected only ±1 or 0/1 values")
+        raise UserError(f"{name}: contains NaN; expected only ±1 or 0/1 values")
     pm = (a2 == 1) | (a2 == -1)
     if pm.all():
         return np.where(a2 > 0, 1, -1).astype(np.int8), single
@@ -70,7 +71,7 @@ def check_patterns(x, dim: int, name: str = "patterns"):
         return (2 * (a2 == 1).astype(np.int8) - 1), single
     bad = a2[~pm & (a2 != 0)].ravel()
     shown = bad[0] if bad.size else "a mix of -1, 0 and 1"
-    raise ValueError(f"{name}: expected only ±1 values or a 0/1 mask, found {shown}")
+    raise UserError(f"{name}: expected only ±1 values or a 0/1 mask, found {shown}")
 
 
 def block_edges(length: int, block: int) -> list[int]:
@@ -90,11 +91,11 @@ class HopfieldMemory:
 
     def __init__(self, dim: int, rule: str = "storkey", dtype="float32", margin: MarginConfig | None = None):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 2:
-            raise ValueError(f"dim: expected an integer >= 2, got {dim!r}")
+            raise UserError(f"dim: expected an integer >= 2, got {dim!r}")
         if rule not in RULES:
-            raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+            raise UserError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
         if margin is not None and not isinstance(margin, MarginConfig):
-            raise ValueError(f"margin: expected a MarginConfig or None, got {type(margin).__name__}")
+            raise UserError(f"margin: expected a MarginConfig or None, got {type(margin).__name__}")
         self.dim = int(dim)
         self.rule = rule
         self.dtype = check_dtype(dtype)
@@ -113,25 +114,25 @@ class HopfieldMemory:
         `margin` memory also needs the patterns it holds (n_stored of them)."""
         w = np.asarray(weights)
         if w.ndim != 2 or w.shape[0] != w.shape[1]:
-            raise ValueError(f"weights: expected a square matrix, got shape {w.shape}")
+            raise UserError(f"weights: expected a square matrix, got shape {w.shape}")
         mem = cls(w.shape[0], rule, w.dtype, margin)
         if not np.isfinite(w).all():
-            raise ValueError("weights: contain NaN or infinity")
+            raise UserError("weights: contain NaN or infinity")
         if not np.allclose(w, w.T, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(w).max()))):
-            raise ValueError("weights: expected a symmetric matrix (every rule builds one)")
+            raise UserError("weights: expected a symmetric matrix (every rule builds one)")
         if int(n_stored) < 0:
-            raise ValueError(f"n_stored: expected >= 0, got {n_stored}")
+            raise UserError(f"n_stored: expected >= 0, got {n_stored}")
         if rule == "margin":
             if patterns is None:
-                raise ValueError("patterns: a margin memory needs the patterns it holds; pass them "
+                raise UserError("patterns: a margin memory needs the patterns it holds; pass them "
                                  "(e.g. the run's explicit masks)")
             Z, _ = check_patterns(np.asarray(patterns).reshape(-1, mem.dim), mem.dim)
             if len(Z) != int(n_stored):
-                raise ValueError(f"patterns: expected {n_stored} (n_stored), got {len(Z)}")
+                raise UserError(f"patterns: expected {n_stored} (n_stored), got {len(Z)}")
             mem._held = [Z]
             mem._learned = dict(learned or {})
         elif patterns is not None:
-            raise ValueError(f"patterns: only a margin memory holds its patterns, this one is {rule!r}")
+            raise UserError(f"patterns: only a margin memory holds its patterns, this one is {rule!r}")
         mem._W = np.array(w, dtype=mem.dtype, order="C")
         mem.n_stored = int(n_stored)
         return mem
@@ -241,15 +242,15 @@ class HopfieldMemory:
         """
         S, single = check_patterns(cues, self.dim, "cues")
         if mode not in dynamics.MODES:
-            raise ValueError(f"mode: expected one of {', '.join(dynamics.MODES)}, got {mode!r}")
+            raise UserError(f"mode: expected one of {', '.join(dynamics.MODES)}, got {mode!r}")
         if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) or max_sweeps < 1:
-            raise ValueError(f"max_sweeps: expected an integer >= 1, got {max_sweeps!r}")
+            raise UserError(f"max_sweeps: expected an integer >= 1, got {max_sweeps!r}")
         if clamp is None:
             clamp = np.zeros(self.dim, bool)
         else:
             clamp = np.asarray(clamp)
             if clamp.dtype != bool or clamp.shape != (self.dim,):
-                raise ValueError(f"clamp: expected a boolean array of shape ({self.dim},), "
+                raise UserError(f"clamp: expected a boolean array of shape ({self.dim},), "
                                  f"got {clamp.dtype} {clamp.shape}")
         S = S.copy()
         J = self.couplings

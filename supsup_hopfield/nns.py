@@ -104,13 +104,13 @@ class NNsConfig:
     def __post_init__(self):
         if int(self.check_every) < 1:
             raise UserError(f"check every: expected at least 1 batch, got {self.check_every}; "
-                            "pass e.g. --check-every 100")
+                            "pass e.g. `check_every=100`")
         if not float(self.threshold) > 1.0:
             raise UserError(f"threshold: expected a value above 1 (k * max nu is at least 1), got "
                             f"{self.threshold}; pass e.g. 1.125 (the paper's 1 + 2^-3)")
         if self.budget is not None and int(self.budget) < 1:
             raise UserError(f"budget: expected at least 1 mask (or none for no cap), got {self.budget}; "
-                            "pass --budget 1 or more")
+                            "pass `budget=1` or more")
         if self.objective not in OBJECTIVES:
             raise UserError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}; "
                             "pick one of those")

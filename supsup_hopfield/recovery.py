@@ -507,7 +507,7 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
     if config.method == "descent" and config.init == "stored-mean":  # the paper code's start
         if masks is None:
             raise UserError("init 'stored-mean' needs the archive's explicit masks, and this archive has "
-                            "none (trained with --no-keep-masks); pick init 'empty'")
+                            "none (trained with `keep_masks=False`); pick init 'empty'")
         stored = max(m.n_stored for m in layout.memories)
         init_scores = 2.0 * layout.flatten([np.asarray(masks[f"layer{l}"][:stored], np.float32).mean(axis=0)
                                             for l in range(len(layout.shapes))]) - 1.0

@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
+from supsup_hopfield.errors import UserError
+
 RULES = ("hebbian", "storkey-paper", "storkey", "projection", "projection-zd", "margin")
 # The incremental update each rule learns with ("margin" learns from all its patterns at once).
 _LEARNS_AS = {"hebbian": "hebbian", "storkey-paper": "storkey-paper", "storkey": "storkey",
@@ -92,7 +94,7 @@ def gardner_kappa(alpha: float) -> float:
     from scipy.stats import norm
 
     if not alpha > 0:
-        raise ValueError(f"alpha: expected a load > 0, got {alpha}")
+        raise UserError(f"alpha: expected a load > 0, got {alpha}")
     if alpha >= 2.0:
         return 0.0
 
@@ -129,7 +131,7 @@ def plain_update(rule: str, W: np.ndarray, z: np.ndarray) -> np.ndarray:
         if rr <= projection_tol(W.dtype) * d:
             return W
         return W + np.outer(r, r) / rr
-    raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    raise UserError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ def _update_one(W, z, rule_id, tol):
 def _incremental(rule: str) -> str:
     learns = _LEARNS_AS.get(rule)
     if learns is None:
-        raise ValueError(f"rule: expected an incremental rule ({', '.join(r for r in RULES if _LEARNS_AS[r])}), "
+        raise UserError(f"rule: expected an incremental rule ({', '.join(r for r in RULES if _LEARNS_AS[r])}), "
                          f"got {rule!r}; a margin memory learns from all its patterns (learn_margin)")
     return learns
 
@@ -328,15 +330,15 @@ class MarginConfig:
     def __post_init__(self):
         if self.kappa is not None and not (isinstance(self.kappa, (int, float)) and self.kappa >= 0
                                            and math.isfinite(self.kappa)):
-            raise ValueError(f"kappa: expected None (automatic) or a number >= 0, got {self.kappa!r}")
+            raise UserError(f"kappa: expected None (automatic) or a number >= 0, got {self.kappa!r}")
         if not (isinstance(self.noise, (int, float)) and 0 <= self.noise < 0.5):
-            raise ValueError(f"noise: expected a fraction in [0, 0.5), got {self.noise!r}")
+            raise UserError(f"noise: expected a fraction in [0, 0.5), got {self.noise!r}")
         for name in ("epochs", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
+                raise UserError(f"{name}: expected an integer >= 0, got {v!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+            raise UserError(f"lr: expected a positive number, got {self.lr!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

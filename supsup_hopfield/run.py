@@ -68,10 +68,10 @@ class RunConfig:
             raise UserError(f"outputs: expected at least 2, got {self.outputs}")
         if self.memory_rule and MASK_KINDS[self.model] == "weight" and self.hopfield_dim is None:
             raise UserError(f"model {self.model} learns weight masks ({self.mask_entries():,} entries): a "
-                            f"Hopfield memory over them needs --hopfield-dim D (one D×D memory per block "
-                            f"of D entries), or use --memory-rule none to keep explicit masks only")
+                            f"Hopfield memory over them needs `hopfield_dim=D` (one D×D memory per block "
+                            f"of D entries), or use `memory_rule='none'` to keep explicit masks only")
         if not self.memory_rule and not self.keep_masks:
-            raise UserError("nothing would keep the masks: with --memory-rule none, use --keep-masks")
+            raise UserError("nothing would keep the masks: with `memory_rule='none'`, use `keep_masks=True`")
 
     @property
     def mask_kind(self) -> str:
@@ -130,21 +130,21 @@ def choose_memory(model: str, widths, tasks: int, rule: str = "auto", layout: st
                     f"the explicit masks stay the ground truth")
         return rule, layout or "per-layer", note
     if weight and not hopfield_dim:
-        return None, layout or "per-layer", (f"{model} learns weight masks, kept explicitly; pass --hopfield-dim D "
+        return None, layout or "per-layer", (f"{model} learns weight masks, kept explicitly; pass `hopfield_dim=D` "
                                              f"to also store them in D-entry Hopfield memories")
     for lay in layouts:
         if tasks <= RECOVERY_LOAD * dim(lay):
             return "projection-zd", lay, None
     best = max(dim(lay) for lay in layouts)
     need = -(-tasks * 100 // int(RECOVERY_LOAD * 100))
-    fix = (f"pass --hopfield-dim {need} or more" if weight else
-           f"widen the network (--widths giving {'each layer' if layout == 'per-layer' else 'the layers together'} "
+    fix = (f"pass `hopfield_dim={need}` or more" if weight else
+           f"widen the network (`widths` giving {'each layer' if layout == 'per-layer' else 'the layers together'} "
            f"{need} units or more)")
     raise UserError(f"memory: {tasks} masks are more than a memory of this network gives back without the task "
                     f"id (measured up to load {RECOVERY_LOAD}: {int(RECOVERY_LOAD * best)} masks at d = {best}); "
                     f"{fix}, train at most {int(RECOVERY_LOAD * best)} tasks per run, or name a rule to store them "
-                    f"anyway (--memory-rule projection --memory-layout joint holds up to d as fixed points) or "
-                    f"--memory-rule none for explicit masks only")
+                    f"anyway (`memory_rule='projection'` `memory_layout='joint'` holds up to d as fixed points) or "
+                    f"`memory_rule='none'` for explicit masks only")
 
 
 @dataclass(frozen=True)
@@ -226,11 +226,11 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
     if checkpoint_every < 1:
         raise UserError(f"checkpoint every: expected at least 1 task, got {checkpoint_every}")
     if resume and force:
-        raise UserError("--resume and --force contradict each other; pass one")
+        raise UserError("`resume=True` and `force=True` contradict each other; pass one")
     if out.exists() and not (resume or force):
-        raise UserError(f"{out} exists; pass --resume to continue it or --force to overwrite it")
+        raise UserError(f"{out} exists; pass `resume=True` to continue it or `force=True` to overwrite it")
     if resume and not out.exists():
-        raise UserError(f"{out} does not exist, so there is nothing to resume; drop --resume")
+        raise UserError(f"{out} does not exist, so there is nothing to resume; drop `resume=True`")
     _check_out(out, resume, force)
 
     check_run_fits(cfg)
@@ -245,10 +245,10 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
         saved = read_archive(out, packed_masks=True)
         if saved.config.get("scenario") == "nns":
             raise UserError(f"{out} holds an NNs run (masks not per task), which cannot be resumed as a "
-                            f"task-given run; write to a new --out")
+                            f"task-given run; write to a new `out`")
         _check_same_run(out, saved.config, config)
         if cfg.keep_masks and saved.masks is None and saved.per_task:
-            raise UserError(f"{out} was written with --no-keep-masks; resume it with --no-keep-masks")
+            raise UserError(f"{out} was written with `keep_masks=False`; resume it with `keep_masks=False`")
         memories, per_task, evaluations = saved.memories, list(saved.per_task), saved.evaluations
         kept = [list(saved.masks[f"layer{l}"].bits) for l in range(n_layers)] if saved.masks else None
     else:
@@ -306,7 +306,7 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
     if tasks < 1:
         raise UserError(f"tasks: expected at least 1, got {tasks}")
     if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to overwrite it (NNs runs are not resumable)")
+        raise UserError(f"{out} exists; pass `force=True` to overwrite it (NNs runs are not resumable)")
     _check_out(out, resume=False, force=force)
     check_run_fits(cfg)
     nns_cfg = NNsConfig(check_every=check_every, budget=budget, train=cfg.train)
@@ -336,14 +336,14 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
 
 
 def _check_out(out: Path, resume: bool, force: bool):
-    """Refuse an --out that could not be written, before any task trains."""
+    """Refuse an `out` that could not be written, before any task trains."""
     if out.is_dir():
-        raise UserError(f"{out} is a folder; give a file path for --out")
+        raise UserError(f"{out} is a folder; give a file path for `out`")
     folder = out.parent
     if not folder.is_dir():
         raise UserError(f"{out}: folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK):
-        raise UserError(f"{out}: folder {folder} is not writable; choose another --out")
+        raise UserError(f"{out}: folder {folder} is not writable; choose another `out`")
 
 
 # bytes per weight while training: frozen weight, score, its gradient and optimizer state (4 B
@@ -359,7 +359,7 @@ def check_run_fits(cfg: RunConfig, available: int | None = None):
     itemsize = np.dtype(cfg.memory_dtype).itemsize
     memories = sum((s.stop - s.start) ** 2 * itemsize for s in memory_slots(cfg))
     check_fits("this run", {"Hopfield memories": memories, "base network": weights * _TRAIN_BYTES_PER_WEIGHT},
-               "pass a smaller --hopfield-dim, --widths or --outputs", available)
+               "pass a smaller `hopfield_dim`, `widths` or `outputs`", available)
 
 
 def stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool):
@@ -370,7 +370,7 @@ def stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool):
                          data_dir=data_dir, download=download, device=device)
     if cfg.outputs < stream.n_classes:
         raise UserError(f"outputs: {cfg.dataset} has labels 0..{stream.n_classes - 1}, so it needs at least "
-                        f"{stream.n_classes} output neurons, got {cfg.outputs}; pass --outputs {stream.n_classes}")
+                        f"{stream.n_classes} output neurons, got {cfg.outputs}; pass `outputs={stream.n_classes}`")
     return stream, build_basenet(cfg.model, cfg.widths, cfg.outputs, cfg.seed, device=device)
 
 
@@ -381,4 +381,4 @@ def _check_same_run(path, saved: dict, now: dict):
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) if isinstance(a, dict) else []
         detail = ", ".join(f"{k}: archive {a.get(k)!r} vs now {b.get(k)!r}" for k in keys[:3])
         raise UserError(f"{path} holds a different run ({diffs[0]} differs: {detail}); "
-                        f"resume with the same options, or write to a new --out")
+                        f"resume with the same options, or write to a new `out`")

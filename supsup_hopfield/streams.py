@@ -129,7 +129,7 @@ class Task:
         if not 1 <= batch_size <= n:
             raise UserError(
                 f"batch size: expected 1..{n} (the task's training set), got {batch_size}; "
-                "pass a smaller --batch-size"
+                "pass a smaller `batch_size`"
             )
         while True:
             order = torch.randperm(n, generator=generator, device=generator.device)
@@ -167,9 +167,9 @@ class TaskStream:
                 n_tasks = SPLIT_TASKS
             if not 1 <= n_tasks <= SPLIT_TASKS:
                 raise UserError(f"stream {name}: expected 1..{SPLIT_TASKS} tasks, got {n_tasks}; "
-                                f"pass --tasks {SPLIT_TASKS} or fewer")
+                                f"pass `tasks={SPLIT_TASKS}` or fewer")
         elif n_tasks is not None and n_tasks < 1:
-            raise UserError(f"stream {name}: expected at least 1 task, got {n_tasks}; pass --tasks 1 or more")
+            raise UserError(f"stream {name}: expected at least 1 task, got {n_tasks}; pass `tasks=1` or more")
         self.name, self.kind, self.dataset = name, kind, dataset
         self.seed, self.n_tasks, self.relabel = int(seed), n_tasks, bool(relabel)
         self._cache: "OrderedDict[int, Task]" = OrderedDict()

@@ -56,11 +56,11 @@ class TrainConfig:
 
     def __post_init__(self):
         if int(self.steps) < 1:
-            raise UserError(f"steps: expected at least 1, got {self.steps}; pass --steps 1 or more")
+            raise UserError(f"steps: expected at least 1, got {self.steps}; pass `steps=1` or more")
         if int(self.batch_size) < 2:
-            raise UserError(f"batch size: expected at least 2, got {self.batch_size}; pass --batch-size 2 or more")
+            raise UserError(f"batch size: expected at least 2, got {self.batch_size}; pass `batch_size=2` or more")
         if not float(self.lr) > 0:
-            raise UserError(f"lr: expected a positive learning rate, got {self.lr}; pass e.g. --lr 1e-4")
+            raise UserError(f"lr: expected a positive learning rate, got {self.lr}; pass e.g. `lr=1e-4`")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}; pick one of those")
         if float(self.momentum) < 0 or float(self.weight_decay) < 0:
@@ -91,7 +91,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: expected a CUDA GPU for --device cuda, got none; pass --device cpu or auto")
+        raise UserError("device: expected a CUDA GPU for `device='cuda'`, got none; pass `device='cpu'` or 'auto'")
     return torch.device(device)
 
 

@@ -27,3 +27,47 @@ def test_help_and_version_import_neither_torch_nor_numba():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Usage: supsup-hf" in res.stdout and "version" in res.stdout
+
+
+def test_library_parameter_names_become_the_commands_flags():
+    from cli.main import in_flags
+
+    params = app.get_command(None, "train").params
+    msg = ("`steps`: expected at least 1; pass `steps=1`, `widths=(300, 100)`, `memory_rule='none'`, "
+           "`keep_masks=False`, `resume=True` or `not_an_option=3`")
+    assert in_flags(msg, params) == ("--steps: expected at least 1; pass --steps 1, --widths 300,100, "
+                                     "--memory-rule none, --no-keep-masks, --resume or not_an_option=3")
+
+
+def test_check_fits_counts_before_allocating():
+    import pytest
+
+    from supsup_hopfield.errors import UserError, check_fits
+
+    check_fits("x", {"a": 2**30, "b": 2**30}, "fix it", available=2**31)  # exactly fits
+    with pytest.raises(UserError, match=r"^x would need about 2\.0 GiB \(a 1\.0 GiB, b 1\.0 GiB\), more than this "
+                                        r"machine's 1\.5 GiB of RAM; fix it$"):
+        check_fits("x", {"a": 2**30, "b": 2**30 + 1, "c": 0}, "fix it", available=3 * 2**29)
+
+
+def test_bugs_keep_their_traceback_and_user_errors_are_one_line(monkeypatch):
+    """A ValueError from a bug (a shape mismatch, say) is not dressed up as a user error."""
+    import numpy as np
+
+    import cli.capacity as capacity
+
+    def broken(cfg, progress=None):
+        return np.zeros(3) @ np.zeros(4)
+
+    monkeypatch.setattr(capacity, "measure_capacity", broken)
+    r = CliRunner().invoke(app, ["capacity", "--dim", "16", "--max-patterns", "2"])
+    assert isinstance(r.exception, ValueError) and "mismatch" in str(r.exception) and r.exit_code == 1
+    monkeypatch.undo()
+    for args, says in [(["capacity", "--dim", "300000", "--max-patterns", "2"], "pass a smaller --dim"),
+                       (["basins", "--dim", "100000"], "Hopfield memory 37.3 GiB"),
+                       (["storage-report", "--synthetic", "--tasks", "100000", "--shape", "300000,784"],
+                        "pass fewer --tasks or a smaller --shape"),
+                       (["storage-report", "--synthetic", "--tasks", "2", "--shape", "3000,784",
+                         "--hopfield-dim", "1000000"], "pass a smaller --hopfield-dim")]:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)

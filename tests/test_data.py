@@ -84,7 +84,7 @@ def test_missing_mnist_files_say_where_and_how(tmp_path):
     with pytest.raises(UserError) as e:
         load_dataset("mnist", data_dir=tmp_path)
     msg = str(e.value)
-    assert str(tmp_path) in msg and "--download" in msg and "--data-dir" in msg
+    assert str(tmp_path) in msg and "`download=True`" in msg and "`data_dir`" in msg
     assert all(stem in msg for stem in IDX_FILES.values()) and "\n" not in msg
 
 

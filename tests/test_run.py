@@ -42,7 +42,7 @@ def test_memory_slots_layouts_and_blocks():
 
 
 def test_weight_masks_need_hopfield_dim():
-    with pytest.raises(UserError, match="needs --hopfield-dim D"):
+    with pytest.raises(UserError, match="needs `hopfield_dim=D`"):
         RunConfig(model="lenet", memory_rule="storkey")
     cfg = RunConfig(model="lenet", memory_rule="projection", hopfield_dim=2048, outputs=500)
     slots = memory_slots(cfg)
@@ -59,7 +59,7 @@ def test_auto_memory_holds_and_gives_back_the_tasks_asked_for():
     assert choose_memory("hopnet", (300, 100), 13)[:2] == ("projection-zd", "joint")
     with pytest.raises(UserError, match=r"memory: 2500 masks are more than a memory of this network gives back "
                                         r"without the task id \(measured up to load 0.12: 491 masks at d = 4096\); "
-                                        r"widen the network \(--widths giving the layers together 20834 units"):
+                                        r"widen the network \(`widths` giving the layers together 20834 units"):
         choose_memory("hopnet", None, 2500)
     with pytest.raises(UserError, match="memory: 300 masks .* 245 masks at d = 2048"):
         choose_memory("hopnet", None, 300, layout="per-layer")
@@ -67,7 +67,7 @@ def test_auto_memory_holds_and_gives_back_the_tasks_asked_for():
     rule, layout, note = choose_memory("lenet", None, 2500)
     assert rule is None and "kept explicitly" in note
     assert choose_memory("lenet", None, 100, hopfield_dim=1024)[:2] == ("projection-zd", "per-layer")
-    with pytest.raises(UserError, match="pass --hopfield-dim 20834 or more"):
+    with pytest.raises(UserError, match="pass `hopfield_dim=20834` or more"):
         choose_memory("lenet", None, 2500, hopfield_dim=1024)
     # a rule named by the user is kept; past the measured load it says what to expect
     rule, layout, note = choose_memory("hopnet", None, 2500, "projection", "joint")
@@ -228,7 +228,24 @@ def test_errors_are_one_line_and_nothing_is_overwritten(tmp_path):
     assert r.exit_code == 2 and "memory_rule" in r.output
     r = run("--tasks", "2", "--model", "lenet", "--memory-rule", "storkey", "--out", str(out), "--force")
     assert r.exit_code == 2 and "--hopfield-dim" in r.output
-    assert out.read_bytes() == before
+    # refused before the first task trains (no task line printed), saying which flags to pass
+    cases = [
+        (["--tasks", "3", "--steps", "1", "--dataset", "split-fashion-mnist", "--outputs", "3", "--force"],
+         "needs at least 10 output neurons, got 3; pass --outputs 10"),
+        (["--tasks", "1", "--model", "lenet", "--hopfield-dim", "100000000", "--force"],
+         "this run would need about 209.4 GiB (Hopfield memories 209.4 GiB"),
+        (["--tasks", "1", *SMALL, "--widths", "100000000", "--force"],
+         "base network 1257.1 GiB), more than this machine's"),
+    ]
+    for args, says in cases:
+        r = run(*args, "--out", str(out))
+        assert r.exit_code == 2 and says in r.output, args
+        assert "pass a smaller --hopfield-dim, --widths or --outputs" in r.output or "--outputs 10" in r.output
+        assert len(r.output.strip().splitlines()) == 1 and "task 0" not in r.output
+    r = run("--tasks", "1", *SMALL, "--out", str(tmp_path / "nowhere" / "e.h5"))
+    assert r.exit_code == 2 and f"folder {tmp_path / 'nowhere'} does not exist; create it first" in r.output
+    assert "task 0" not in r.output
+    assert out.read_bytes() == before and not (tmp_path / "nowhere").exists()
     output = run("--tasks", "0", *SMALL, "--out", str(out)).output
     assert len(output.strip().splitlines()) == 1 and "Traceback" not in output
 

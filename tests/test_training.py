@@ -93,5 +93,5 @@ def test_config_defaults_and_validation():
             TrainConfig(**kwargs)
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="pass --device cpu or auto"):
+        with pytest.raises(UserError, match="pass `device='cpu'` or 'auto'"):
             resolve_device("cuda")
