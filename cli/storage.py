@@ -1,4 +1,4 @@
-"""`supsup-hf storage-report`: compare what storing the masks costs in each format (DESIGN.md §3)."""
+"""`supsup-hf storage-report`: compare what storing the masks costs in each format (docs/METHOD.md §8)."""
 import json
 
 import click

@@ -1,4 +1,4 @@
-"""Mask codecs: exact, self-describing byte formats for one binary mask (DESIGN.md §3).
+"""Mask codecs: exact, self-describing byte formats for one binary mask (docs/METHOD.md §8).
 
 Every codec has one interface: ``CODECS[name].encode(mask, base=None) -> bytes`` and
 ``CODECS[name].decode(blob, base=None) -> bool ndarray`` with an exact round trip for masks of

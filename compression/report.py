@@ -1,4 +1,4 @@
-"""The storage report: what keeping T binary masks costs in each format (DESIGN.md §3).
+"""The storage report: what keeping T binary masks costs in each format (docs/METHOD.md §8).
 
 Explicit formats (`compression.codecs`: csc16, bitpack, entropy, delta) are measured by really
 encoding every mask, decoding it back and comparing. The Hopfield store is measured by really

@@ -1,4 +1,4 @@
-"""HDF5 archives of a run's learned memory (DESIGN.md §5; the format is specified in docs/ARCHIVE.md).
+"""HDF5 archives of a run's learned memory (the format is specified in docs/ARCHIVE.md).
 
 One file holds the per-layer Hopfield memories (rule, count, Ψ), optionally the explicit task
 masks (bit-packed), the resolved run config, per-task metrics, evaluation results and the

@@ -1,5 +1,5 @@
 """Base networks: fixed, randomly initialised, never trained (Wortsman et al. 2020, §3 and
-Appendix; DESIGN.md §1 "Base network" and "HopSupSup").
+Appendix; docs/METHOD.md §5).
 
 A base network is rebuilt from (architecture, widths, outputs, seed) alone, so an archive stores
 only that recipe. Weights are "signed constants": each is ±c with equal probability,

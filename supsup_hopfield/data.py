@@ -1,4 +1,4 @@
-"""Datasets as whole tensors: an IDX (MNIST format) reader and `load_dataset` (DESIGN.md §4).
+"""Datasets as whole tensors: an IDX (MNIST format) reader and `load_dataset` (docs/METHOD.md §7).
 
 The paper's task streams (Wortsman et al. 2020, §4 and Appendix) are built from MNIST; this
 package also runs them over Fashion-MNIST, which installs offline from Debian. A dataset is loaded

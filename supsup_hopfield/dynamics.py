@@ -1,4 +1,4 @@
-"""Hopfield recall dynamics: sign updates s_i ← sign(Σ_j Ψ_ij s_j), sign(0) = +1 (DESIGN.md §2).
+"""Hopfield recall dynamics: sign updates s_i ← sign(Σ_j Ψ_ij s_j), sign(0) = +1 (docs/METHOD.md §1).
 
 * synchronous: every neuron at once, s ← sign(Ψs), batched over cues with one matrix product;
 * asynchronous: one neuron at a time in a fresh random order each sweep. The Numba kernel keeps

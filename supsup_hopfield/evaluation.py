@@ -1,5 +1,5 @@
 """Evaluating a saved run (`supsup-hf eval`): per-task accuracy with the task given (GG), with
-the task inferred from the explicit masks (oneshot / binary / g, DESIGN.md §1 "Task inference"),
+the task inferred from the explicit masks (oneshot / binary / g, docs/METHOD.md §6),
 or with each task's masks recovered from the Hopfield memory (hopfield, §1 "HopSupSup").
 
 The run is rebuilt from its archive: base network from its seed, stream from its recipe, masks

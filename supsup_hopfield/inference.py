@@ -1,5 +1,5 @@
 """Task inference over explicit, bit-packed masks (Wortsman et al. 2020, §3.3 "Task inference";
-DESIGN.md §1 "Task inference (GN)").
+docs/METHOD.md §6).
 
 The k learned masks are held PACKED, one bit per entry: per masked layer a uint8 matrix
 (k, ceil(entries/8)), row i = `np.packbits(mask_i.ravel())` (big-endian bit order: entry 0 is the
@@ -34,7 +34,7 @@ lowers the objective most (the same argmin as for H; the paper's code minimises 
 `binary`: ceil(log2 k) rounds, alpha uniform over the remaining candidates, each round keeps the
 ceil(half) with the lowest gradient.
 
-Scoring (DESIGN §1): inference is per batch; a batch whose task is inferred wrongly counts all its
+Scoring (docs/METHOD.md §6): inference is per batch; a batch whose task is inferred wrongly counts all its
 samples as wrong (the paper's `unshared_labels`). The accuracy of the predictions made with the
 inferred mask (what the paper reports when labels are shared) is returned beside it.
 """
@@ -577,7 +577,7 @@ def evaluate_inference(net, bank: PackedMaskBank, stream, tasks: Optional[Iterab
     test batch of `batch_size`, then score it. Returns {task: dict} with
 
     - accuracy: correct / samples, a batch with a wrongly inferred task counting as all wrong
-      (DESIGN §1, the paper's unshared-labels scoring);
+      (docs/METHOD.md §6, the paper's unshared-labels scoring);
     - accuracy_inferred_mask: the predictions made with the inferred mask, right or wrong;
     - task_given_accuracy: with the true task's mask (scenario GG), same batches;
     - task_inference_accuracy: fraction of batches whose task was inferred right;

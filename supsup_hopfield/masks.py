@@ -1,5 +1,5 @@
 """Supermasks: per-task real-valued scores, their binary masks and the straight-through
-gradient (Wortsman et al. 2020, §3 "Supermasks"; DESIGN.md §1 "Supermask per task").
+gradient (Wortsman et al. 2020, §3 "Supermasks"; docs/METHOD.md §5).
 
 Two ways to binarise the scores S of a layer:
 - `threshold`: M = 1[S >= 0] (Piggyback style, the paper's GN/NNs runs); with Kaiming-uniform

@@ -1,6 +1,6 @@
 """The Hopfield memory: a fixed-size d×d matrix Ψ holding binary masks as attractors.
 
-HopSupSup (Wortsman et al. 2020, §3.5 and DESIGN.md §1–2) stores every task's neuron mask m as
+HopSupSup (Wortsman et al. 2020, §3.5 and docs/METHOD.md §1–3) stores every task's neuron mask m as
 z = 2m − 1 in a Hopfield matrix and later recovers it by descending the energy −½ sᵀΨs. This
 module is the public face of that memory; the rules live in `rules.py`, recall in `dynamics.py`.
 

@@ -1,5 +1,5 @@
 """Scenario NNs: learning supermasks with no task labels and no task boundaries (Wortsman et al.
-2020, scenario NNs, "when to allocate a new supermask"; DESIGN.md §1 "NNs").
+2020, scenario NNs, "when to allocate a new supermask"; docs/METHOD.md §6).
 
 The learner sees one stream of labelled batches (x, y) and is never told which task a batch comes
 from or when the task changes. It keeps one mask SLOT per task it believes it has seen (own scores
@@ -19,56 +19,14 @@ batch before training on it (so that batch's task decides which slot learns from
   would start from (its seeded initial mask, exactly what allocation would train); it passes when
   2 * nu(slot) >= 1 + 2^-3, i.e. the slot explains the batch confidently better than starting over.
 
-Why the fresh test. (a) k = 1, the first checks: with one mask nu = (1), k * max nu = 1 is always
-below the threshold and the rule as written would allocate at every check. Comparing against a
-fresh mask keeps the paper's criterion and threshold (no second threshold, e.g. on a rise of the
-entropy over its history) and asks the natural question. Measured (lenet 784-300-100-10, permuted
-Fashion-MNIST, RMSProp lr 1e-4): 2 * nu = 1.56-1.87 on batches of mask 0's own task (after 100 to
-1000 batches), 1.00-1.07 on the next task's. (b) k >= 2: the k-way signal weakens as k grows: a
-mask trained 100-300 batches scores only 1.11-1.30 on its own task at k = 3..5, so at the first
-check after an allocation the paper's rule sometimes allocates a second mask for the same task
-(6 masks for 5 tasks below); the fresh test keeps the young slot (1.56-1.63). It also vetoes false
-switches to an old mask: with 500 outputs the entropy over all outputs made the paper's rule switch
-task 2's batches to task 0's mask (k * max nu = 1.16), merging tasks 2-4 into it.
-
-Rollback. The current slot is tested as it was when a check last confirmed it (kept as an anchor:
-scores, optimiser state, masks), and when the learner leaves it (allocation or switch) its
-training since that check is undone. Without this, a boundary that falls between checks lets the
-current mask train on the new task until the next check; measured with check_every = 97 (so
-boundaries miss the checks by 7-74 batches), 67 batches were enough to make mask 0 fit task 1
-(fresh test 1.30), and the paper's rule then learned all 5 tasks in ONE mask (mean accuracy 0.761
-vs 0.843). The price: up to `check_every` batches of the old task are undone too (e.g. 100 per
-task when boundaries coincide with checks). `rollback=False, fresh_check=False` is the paper's rule
-as written (the fresh test still settles k = 1).
-
-Detection delay: a boundary is found at the first check after it, at most `check_every` - 1
+The fresh test and the rollback are this package's additions to the paper's rule; why, and
+what they change, measured against the rule as written (`rollback=False, fresh_check=False`), is
+in docs/METHOD.md §6. A boundary is found at the first check after it, at most `check_every` − 1
 batches late.
 
 `train_nns` feeds tasks 0..n-1 of a stream in order, `steps_per_task` batches each (task t's
 batches drawn exactly as `train_task` draws them), to an `NNsLearner`; only the report written
 afterwards looks at the true tasks.
-
-Measured (CPU, 1 thread; permuted Fashion-MNIST, lenet 784-300-100, RMSProp lr 1e-4, batch 128,
-5 tasks x 1000 batches, seed 0, check_every as listed; accuracy = mean test accuracy with the mask
-inferred one-shot per batch of 128 over all learned masks; GNu = the same evaluation of masks
-learned with task labels by `train_task`):
-
-  outputs  check  rule                         masks  allocated at                  NNs acc  GNu acc
-  10       100    this module                  5      0 1000 2000 3000 4000         0.8421   0.8425
-  10       97     this module                  5      0 1067 2037 3007 4074         0.8408   0.8425
-  10       100    paper's (no rollback/fresh)  6      0 1000 2000 3000 4000 4100    0.8419   0.8425
-  10       97     paper's (no rollback/fresh)  1      0                             0.7607   0.8425
-  500      100    this module                  5      0 1000 2000 3000 4000         0.8376   0.8379
-  500      100    paper's (no rollback/fresh)  2      0 1000 (switch 1->0 at 2000)  0.7978   0.8379
-
-Every test batch was mapped to its task's mask in every run of this module. 5000 training
-batches plus 50 checks take ~15 s. Seed 1 (outputs 10, check 100): 5 masks, 0.8386 vs GNu 0.8420.
-10 tasks, check_every 97 (seed 0): 10 masks, every boundary found (7-81 batches late), 0.8373,
-99.7% of test batches mapped to their task's mask. There the k-way test is rarely confident at all
-(k * max nu = 1.04-1.12 for a mask on its own task once k >= 7), so the fresh test makes most
-decisions; a task that RETURNS once k is large is therefore likely to get a second mask.
-Neuron masks: hopnet 784-512-512 on the tests' small setup finds its 3 tasks (fresh test 1.26-1.30
-on a mask's own task); at width 64 the signal is lost (about 1.0 either way).
 """
 from __future__ import annotations
 

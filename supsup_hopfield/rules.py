@@ -1,4 +1,4 @@
-"""Hopfield learning rules: how one ±1 pattern z changes the weight matrix Ψ (DESIGN.md §2).
+"""Hopfield learning rules: how one ±1 pattern z changes the weight matrix Ψ (docs/METHOD.md §1–2).
 
 Each rule exists three times, and the tests hold them equal:
 

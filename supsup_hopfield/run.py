@@ -1,6 +1,6 @@
 """A continual-learning run: tasks in order → one supermask each → Hopfield memory → archive.
 
-This is `supsup-hf train` without the command line (DESIGN.md §1 and §5). For every task of
+This is `supsup-hf train` without the command line (docs/METHOD.md §5, docs/ARCHIVE.md). For every task of
 the stream: learn its supermask on the frozen base network (`training.train_task`), measure its
 accuracy with the task given (GG), feed the mask into the Hopfield memory as z = 2m − 1, keep the
 explicit mask (bit-packed in RAM as in the archive: 2500 lenet masks take 98 MB, not 788) and the
@@ -296,7 +296,7 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
 def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check_every: int = 100,
                   budget: int | None = None, data_dir=None, download: bool = False,
                   progress=None) -> tuple[Archive, dict]:
-    """The NNs scenario (DESIGN.md §1): the learner sees tasks 0..tasks−1 in order but is told
+    """The NNs scenario (docs/METHOD.md §6): the learner sees tasks 0..tasks−1 in order but is told
     neither the task nor when it changes; it allocates masks itself (`nns.train_nns`). Every
     learned mask goes into the memory and the archive; each true task is then scored with the
     mask inferred per test batch (oneshot over all learned masks). Returns (archive, report)."""

@@ -1,5 +1,5 @@
 """Task streams: PermutedMNIST, RotatedMNIST, SplitMNIST and their Fashion-MNIST twins
-(Wortsman et al. 2020, §4.1 and Appendix; DESIGN.md §4).
+(Wortsman et al. 2020, §4.1 and Appendix; docs/METHOD.md §7).
 
 Every task is fixed by (stream seed, task index) alone, computed in the main process, so any task
 can be rebuilt without replaying the ones before it:

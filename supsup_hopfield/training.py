@@ -1,5 +1,5 @@
 """Learning one task's supermask on the frozen base network, and evaluating it with the task
-given (scenario GG) (Wortsman et al. 2020, §3 and §4; DESIGN.md §1 "Supermask per task").
+given (scenario GG) (Wortsman et al. 2020, §3 and §4; docs/METHOD.md §5).
 
 Per task: fresh scores from (seed, task) (`masks.init_scores`), `steps` random batches of
 `batch_size` from the task (`streams.Task.batches`, generator seeded from (seed, task)),

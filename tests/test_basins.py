@@ -34,7 +34,7 @@ def test_gardner_kappa_solves_the_integral():
         k = gardner_kappa(alpha)
         integral = quad(lambda t: (t + k) ** 2 * norm.pdf(t), -k, np.inf)[0]
         assert integral == pytest.approx(1 / alpha, rel=1e-7)
-    assert gardner_kappa(0.52) == pytest.approx(1.0, abs=0.01)  # the DESIGN table: α_c(1.0) = 0.52
+    assert gardner_kappa(0.52) == pytest.approx(1.0, abs=0.01)  # Gardner: α_c(κ = 1) = 0.52
     assert gardner_kappa(0.2) == pytest.approx(2.0, abs=0.01)
     assert gardner_kappa(2.0) == 0.0 and gardner_kappa(5.0) == 0.0
     with pytest.raises(ValueError, match="alpha: expected a load > 0"):
@@ -61,7 +61,7 @@ def test_projection_zd_learns_the_projector_and_drops_its_diagonal():
 
 
 def test_projection_zd_has_the_wider_basins():
-    """d = 512, load 0.4, cues 10% away (DESIGN: projection recalls 0% at load 0.5): with the
+    """d = 512, load 0.4, cues 10% away (projection recalls 0% at load 0.5, docs/METHOD.md §2): with the
     self-coupling dropped every pattern comes back."""
     Z = random_patterns(205, 512, seed=0)
     zd = HopfieldMemory(512, "projection-zd").store(Z)

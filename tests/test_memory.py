@@ -161,7 +161,7 @@ def test_projection_skips_a_pattern_already_in_the_span():
     assert mem.n_stored == 11
 
 
-# ---- capacity (DESIGN.md §2 table; the acceptance numbers at d = 512) ----------------
+# ---- capacity (docs/METHOD.md §1 table, d = 512) ----------------
 @pytest.mark.parametrize("rule,n", [("hebbian", 20), ("storkey-paper", 100), ("storkey", 170),
                                     ("projection", 460)])
 def test_capacity_at_d512(rule, n):
