@@ -192,14 +192,15 @@ def _incremental(rule: str) -> str:
     return learns
 
 
-def update_one(rule: str, W: np.ndarray, z: np.ndarray) -> bool:
-    """Store one ±1 pattern (same dtype as W) into W in place; False if projection skipped it."""
+def update_one(rule: str, W: np.ndarray, z: np.ndarray) -> None:
+    """Store one ±1 pattern (same dtype as W) into W in place (projection skips a pattern
+    already in its span: it is a fixed point already)."""
     rule = _incremental(rule)
     if rule == "hebbian":  # rank one, no field needed
         W += np.outer(z, z / W.shape[0])
         W[np.diag_indices_from(W)] -= 1.0 / W.shape[0]
-        return True
-    return bool(_update_one(W, z, _RULE_ID[rule], projection_tol(W.dtype)))
+    else:
+        _update_one(W, z, _RULE_ID[rule], projection_tol(W.dtype))
 
 
 # --------------------------------------------------------------------------------------------

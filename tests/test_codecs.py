@@ -124,7 +124,8 @@ def test_wrong_magic_and_version_raise_value_error(name):
     mine[4] = 99
     with pytest.raises(ValueError, match="version 99 unsupported"):
         CODECS[name].decode(bytes(mine), base=mask)
-    with pytest.raises(ValueError, match="not a mask blob"):
+    with pytest.raises(ValueError, match=f"^{name}: expected magic {CODECS[name].magic!r}, got b'JUNK'; "
+                                         "it is not a mask blob$"):
         CODECS[name].decode(b"JUNK" + bytes(mine[4:]), base=mask)
     with pytest.raises(ValueError, match="not a mask blob"):
         decode(b"JUNK")
@@ -282,6 +283,6 @@ def test_entropy_bits_is_quiet_and_keeps_the_input_kind():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # log2(0) must not warn at the ends of [0, 1]
         h = entropy_bits(np.array([0.0, 1.0, 0.25]))
-        assert isinstance(entropy_bits(0.0), float) and entropy_bits(0.0) == 0.0
+        assert type(entropy_bits(0.0)) is float and entropy_bits(0.0) == 0.0  # not a numpy scalar
     assert isinstance(h, np.ndarray) and h.shape == (3,)
     np.testing.assert_allclose(h, [0.0, 0.0, -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))])

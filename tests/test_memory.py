@@ -247,7 +247,11 @@ def test_sync_recall_against_definition():
         if (new == s).all():
             break
         s = new
-    np.testing.assert_array_equal(mem.recall(cue, mode="sync"), s)
+    sweeps_ref = _ + 1  # the sweep that changed nothing counts
+    out, sweeps = mem.recall(np.stack([cue, Z[0]]), mode="sync", return_sweeps=True)
+    np.testing.assert_array_equal(out[0], s)
+    np.testing.assert_array_equal(out[1], Z[0])
+    assert sweeps.dtype.kind == "i" and sweeps.tolist() == [sweeps_ref, 1]
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
