@@ -7,7 +7,7 @@
 
 Network: LeNet 784-300-100-500 (315,200 mask entries per task); masks: random, 50% dense; one
 batch of 128 random images. Per configuration, a fresh subprocess (so its peak memory is its own):
-  * packed — `inference.PackedMaskBank` (39,400 bytes per task) and `inference.infer_task`:
+  * packed — `packed.PackedMaskBank` (39,400 bytes per task) and `inference.infer_task`:
              superposition by the count kernel, autograd w.r.t. the (entries,) superposed masks,
              dH/dalpha by the inner-product kernel;
   * plain  — the paper's way: per layer a (k, entries) float32 tensor of all masks in memory,
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from supsup_hopfield.basenet import build_basenet
-from supsup_hopfield.inference import PackedMaskBank, entropy_objective, infer_task
+from supsup_hopfield.inference import entropy_objective, infer_task
+from supsup_hopfield.packed import PackedMaskBank, packed_bytes
 
 OUTPUTS = 500
 BATCH = 128
@@ -51,7 +52,7 @@ def maxrss_bytes() -> int:
 
 def random_packed(net, k):
     rng = np.random.default_rng(SEED)
-    return [rng.integers(0, 256, size=(k, (int(np.prod(s)) + 7) // 8), dtype=np.uint8) for s in net.mask_shapes]
+    return [rng.integers(0, 256, size=(k, packed_bytes(int(np.prod(s)))), dtype=np.uint8) for s in net.mask_shapes]
 
 
 def warm_up(x):

@@ -62,7 +62,7 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
           memory_layout, hopfield_dim, keep_masks, out, checkpoint_every, resume, force, data_dir, download,
           **train_opts):
     """Learn --tasks supermasks one after another; store them in the memory and --out."""
-    from supsup_hopfield.run import RunConfig, choose_memory, train_nns_run, train_run
+    from supsup_hopfield.run import RunConfig, choose_memory, train_run
     from supsup_hopfield.training import TrainConfig
 
     if resume and memory_rule == "auto":  # the run's own memory, whatever auto would pick now

@@ -36,6 +36,7 @@ import constriction
 import numpy as np
 
 from supsup_hopfield.errors import UserError
+from supsup_hopfield.packed import packed_bytes
 
 VERSION = 1
 _HEAD = struct.Struct("<4sBB")  # magic, version, ndim
@@ -176,8 +177,8 @@ class Bitpack(Codec):
 
     def _unbody(self, body, shape, base):
         n = math.prod(shape)
-        if len(body) != (n + 7) // 8:
-            self._fail(f"expected {(n + 7) // 8} packed bytes for {n} entries, got {len(body)}")
+        if len(body) != packed_bytes(n):
+            self._fail(f"expected {packed_bytes(n)} packed bytes for {n} entries, got {len(body)}")
         bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
         if bits[n:].any():
             self._fail("nonzero padding bits")

@@ -15,7 +15,8 @@ software versions that wrote it. Everything in it is self-checking:
   ``os.replace``; a failure midway leaves any old file untouched and removes the temporary.
 
 Public API: `Archive`, `write_archive`, `read_archive`, `read_header` (`Header`, `MemoryInfo`),
-`save_memory`, `load_memory`, `mask_sha256`, `software_versions`, `SCHEMA_VERSION`.
+`save_memory`, `load_memory`, `software_versions`, `SCHEMA_VERSION`. Masks are kept as
+`packed.PackedMasks`, the rows the archive stores.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from supsup_hopfield import __version__
 from supsup_hopfield.errors import ArchiveError, UserError
+from supsup_hopfield.packed import PackedMasks, check_bool, packed_bytes
 
 if TYPE_CHECKING:  # memory.py imports numba; load it only when a memory is rebuilt
     from supsup_hopfield.memory import HopfieldMemory
@@ -73,57 +75,6 @@ class Archive:
     versions: dict = field(default_factory=dict)  # software that wrote the file
 
 
-class PackedMasks:
-    """One layer's masks of many tasks, bit-packed exactly as an archive stores them: row t of
-    `bits` (uint8, (tasks, ceil(n/8))) is `np.packbits(mask_t.ravel())`, zero-padded; `mask_shape`
-    is one task's mask shape. 8x smaller than bool arrays, so a long run keeps its masks this way.
-    `masks[t]` unpacks task t's mask, `masks[a:b]` and `np.asarray(masks)` unpack to bool."""
-
-    def __init__(self, bits, mask_shape):
-        self.bits = np.asarray(bits)
-        self.mask_shape = tuple(int(n) for n in mask_shape)
-        self.n_bits = int(np.prod(self.mask_shape, dtype=np.int64))
-        n_bytes = (self.n_bits + 7) // 8
-        if self.bits.dtype != np.uint8 or self.bits.ndim != 2 or self.bits.shape[1] != n_bytes:
-            raise UserError(f"packed masks: expected uint8 bits of shape (tasks, {n_bytes}) for "
-                             f"masks of shape {self.mask_shape}, got {self.bits.dtype} {self.bits.shape}")
-        pad = 8 * n_bytes - self.n_bits
-        if pad and self.bits.shape[0] and (self.bits[:, -1] & ((1 << pad) - 1)).any():
-            raise UserError("packed masks: the padding bits of each row must be zero (as np.packbits writes them)")
-
-    @classmethod
-    def pack(cls, masks) -> "PackedMasks":
-        """Pack bool masks (tasks, *mask_shape)."""
-        a = _check_bool(masks, "masks")
-        if a.ndim < 2:
-            raise UserError(f"masks: expected shape (tasks, *mask_shape), got {a.shape}")
-        n_bits = int(np.prod(a.shape[1:], dtype=np.int64))
-        return cls(np.packbits(a.reshape(a.shape[0], n_bits), axis=1), a.shape[1:])
-
-    @property
-    def shape(self) -> tuple:
-        return (len(self), *self.mask_shape)
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.mask_shape)
-
-    def __len__(self) -> int:
-        return self.bits.shape[0]
-
-    def __getitem__(self, index):
-        rows = self.bits[index]
-        if rows.ndim == 1:
-            return np.unpackbits(rows, count=self.n_bits).astype(bool).reshape(self.mask_shape)
-        return np.unpackbits(rows, axis=1, count=self.n_bits).astype(bool).reshape((len(rows), *self.mask_shape))
-
-    def __array__(self, dtype=None, copy=None):
-        if copy is False:
-            raise UserError("packed masks: unpacking to bool always copies; call np.asarray without copy=False")
-        a = self[:]
-        return a if dtype is None else a.astype(dtype)
-
-
 @dataclass(frozen=True)
 class MemoryInfo:
     rule: str
@@ -147,23 +98,6 @@ class Header:
 
 # ----------------------------------------------------------------------------- small helpers
 
-def mask_sha256(layer_masks) -> str:
-    """sha256 (hex) of one task's mask bits.
-
-    For each layer in order: the layer's boolean mask flattened in C order, packed with
-    ``np.packbits`` (big bit order: first entry in the most significant bit; the last byte
-    padded with zero bits); the packed bytes of all layers are concatenated and hashed:
-
-        sha256(b"".join(np.packbits(m.ravel()).tobytes() for m in layer_masks)).hexdigest()
-
-    Row t of an archive's packed mask datasets is exactly that layer's packed bytes for task t.
-    """
-    h = hashlib.sha256()
-    for i, m in enumerate(layer_masks):
-        h.update(np.packbits(_check_bool(m, f"layer_masks[{i}]").ravel()).tobytes())
-    return h.hexdigest()
-
-
 def software_versions() -> dict:
     """Versions of the software that writes an archive (torch read from its metadata, not imported)."""
     v = {
@@ -178,15 +112,6 @@ def software_versions() -> dict:
     except importlib.metadata.PackageNotFoundError:
         pass
     return v
-
-
-def _check_bool(m, name: str) -> np.ndarray:
-    a = np.asarray(m)
-    if a.dtype == bool:
-        return a
-    if np.issubdtype(a.dtype, np.number) and ((a == 0) | (a == 1)).all():
-        return a.astype(bool)
-    raise UserError(f"{name}: expected a boolean (or 0/1) mask, got dtype {a.dtype}")
 
 
 def _json_default(o):
@@ -294,7 +219,7 @@ def _check_archive(archive: Archive):
         masks = {}
         for name, m in dict(archive.masks).items():
             _check_name(name, "masks")
-            a = m if isinstance(m, PackedMasks) else _check_bool(m, f"masks[{name!r}]")
+            a = m if isinstance(m, PackedMasks) else check_bool(m, f"masks[{name!r}]")
             if a.ndim < 2:
                 raise UserError(f"masks[{name!r}]: expected shape (tasks, *layer_shape), got {a.shape}")
             masks[name] = a
@@ -552,7 +477,7 @@ def _read_memory_set(r: _Reader, name, obj, attrs):
 def _read_packed(r: _Reader, name, obj, attrs, n_tasks=None):
     shape = tuple(json.loads(attrs["bit-shape"]))
     n_bits = int(np.prod(shape, dtype=np.int64))
-    want = (n_tasks, (n_bits + 7) // 8)
+    want = (n_tasks, packed_bytes(n_bits))
     got = tuple(json.loads(attrs["shape"]))
     if n_tasks is not None and got != want:
         raise r.error(f"{name} has shape {got}, expected {want}")
@@ -682,5 +607,5 @@ def load_memory(path, layer: str | None = None) -> "HopfieldMemory":
     return memories[layer]
 
 
-__all__ = ["SCHEMA_VERSION", "Archive", "PackedMasks", "Header", "MemoryInfo", "write_archive", "read_archive",
-           "read_header", "save_memory", "load_memory", "mask_sha256", "software_versions"]
+__all__ = ["SCHEMA_VERSION", "Archive", "Header", "MemoryInfo", "write_archive", "read_archive",
+           "read_header", "save_memory", "load_memory", "software_versions"]

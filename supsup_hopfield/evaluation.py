@@ -265,11 +265,11 @@ def _gg(net, archive, stream, tasks, batch_size, progress):
 
 
 def _inferred(net, archive, stream, tasks, method, batch_size, progress):
-    from supsup_hopfield.inference import PackedMaskBank, evaluate_inference
+    from supsup_hopfield.inference import evaluate_inference
+    from supsup_hopfield.packed import PackedMaskBank
 
-    # the archive's rows are the bank's rows: no unpacking; every task is a candidate
-    bank = PackedMaskBank([m.bits for m in (archive.masks[f"layer{l}"] for l in range(len(archive.masks)))],
-                          net.mask_shapes)
+    # the archive's packed masks are the bank's layers, handed on as they are; every task is a candidate
+    bank = PackedMaskBank([archive.masks[f"layer{l}"] for l in range(len(archive.masks))])
     res = evaluate_inference(net, bank, stream, tasks, method=method, batch_size=batch_size, progress=progress)
     return [{"task": t, "accuracy": r["accuracy"], "task_inference_accuracy": r["task_inference_accuracy"],
              "task_given_accuracy": r["task_given_accuracy"], "seconds_per_batch": r["seconds_per_batch"]}

@@ -30,6 +30,7 @@ import numpy as np
 
 from supsup_hopfield import dynamics, rules
 from supsup_hopfield.errors import UserError
+from supsup_hopfield.packed import packed_bytes
 from supsup_hopfield.rules import RULES, SELF_COUPLING, MarginConfig
 
 # Below this many patterns per call, the per-pattern Numba kernel beats blocking.
@@ -191,7 +192,7 @@ class HopfieldMemory:
     @property
     def nbytes(self) -> int:
         """Bytes the memory keeps: Ψ, and for `margin` the patterns it holds, bit-packed."""
-        held = self.n_stored * ((self.dim + 7) // 8) if self.rule == "margin" else 0
+        held = self.n_stored * packed_bytes(self.dim) if self.rule == "margin" else 0
         return self._W.nbytes + held
 
     def store(self, patterns) -> "HopfieldMemory":
@@ -264,15 +265,3 @@ class HopfieldMemory:
         if return_sweeps:
             return out, (int(sweeps[0]) if single else sweeps)
         return out
-
-    # Archives (HDF5, see docs/ARCHIVE.md)
-    def save(self, path) -> None:
-        from supsup_hopfield.archive import save_memory
-
-        save_memory(path, self)
-
-    @classmethod
-    def load(cls, path) -> "HopfieldMemory":
-        from supsup_hopfield.archive import load_memory
-
-        return load_memory(path)

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from supsup_hopfield.basenet import BATCH_TAG, BaseNet, derive_seed
 from supsup_hopfield.errors import UserError
-from supsup_hopfield.inference import OBJECTIVES, PackedMaskBank, alpha_gradient, infer_task, predict
+from supsup_hopfield.inference import OBJECTIVES, alpha_gradient, infer_task, predict
+from supsup_hopfield.packed import PackedMaskBank
 from supsup_hopfield.masks import binarize, init_scores, scores_to_masks
 from supsup_hopfield.training import TrainConfig, make_optimizer, resolve_device
 

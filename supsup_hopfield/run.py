@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from supsup_hopfield.archive import Archive, PackedMasks, mask_sha256, read_archive, write_archive
+from supsup_hopfield.archive import Archive, read_archive, write_archive
 from supsup_hopfield.basenet import DEFAULT_WIDTHS, MASK_KINDS, BaseNetSpec, build_basenet
 from supsup_hopfield.errors import UserError, check_fits
 from supsup_hopfield.masks import initial_mask
 from supsup_hopfield.memory import HopfieldMemory, block_edges
+from supsup_hopfield.packed import PackedMaskBank, PackedMasks, mask_sha256
 from supsup_hopfield.rules import RULES
 from supsup_hopfield.streams import make_stream
 from supsup_hopfield.training import TrainConfig, evaluate, resolve_device, train_task
@@ -250,19 +251,17 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
         if cfg.keep_masks and saved.masks is None and saved.per_task:
             raise UserError(f"{out} was written with `keep_masks=False`; resume it with `keep_masks=False`")
         memories, per_task, evaluations = saved.memories, list(saved.per_task), saved.evaluations
-        kept = [list(saved.masks[f"layer{l}"].bits) for l in range(n_layers)] if saved.masks else None
+        kept = PackedMaskBank([saved.masks[f"layer{l}"] for l in range(n_layers)]) if saved.masks else None
     else:
         memories = {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in slots}
         per_task, evaluations, kept = [], [], None
     if cfg.keep_masks and kept is None:
-        kept = [[] for _ in range(n_layers)]  # per layer, one bit-packed mask row per finished task
+        kept = PackedMaskBank([PackedMasks.empty(shape) for shape in net.mask_shapes])  # a row per finished task
     archive = Archive(memories=memories, config=config, per_task=per_task, evaluations=evaluations)
 
     def save():
         if cfg.keep_masks:
-            archive.masks = {f"layer{l}": PackedMasks(np.stack(rows), shape) if rows else
-                             PackedMasks.pack(np.zeros((0, *shape), bool))
-                             for l, (rows, shape) in enumerate(zip(kept, net.mask_shapes))}
+            archive.masks = {f"layer{l}": layer for l, layer in enumerate(kept.layers)}
         archive.config["tasks"] = len(per_task)
         write_archive(out, archive)
         progress.saved(out, len(per_task))
@@ -277,10 +276,8 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
             accuracy = evaluate(net, layer_masks, task)
             for slot in slots:
                 memories[slot.name].store(slot_pattern(slot, layer_masks))
-            if cfg.keep_masks:
-                for l, m in enumerate(layer_masks):
-                    kept[l].append(np.packbits(m.ravel()))
-            record = {"task": i, "accuracy": accuracy, "mask_sha256": mask_sha256(layer_masks),
+            sha = kept.task_sha256(kept.append(layer_masks)) if cfg.keep_masks else mask_sha256(layer_masks)
+            record = {"task": i, "accuracy": accuracy, "mask_sha256": sha,
                       **{k: info[k] for k in ("seconds", "final_loss", "density", "flip_fraction")}}
             per_task.append(record)
             progress.task_done(record)

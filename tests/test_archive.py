@@ -13,6 +13,7 @@ import cli.main
 from supsup_hopfield import archive as A
 from supsup_hopfield.errors import ArchiveError, UserError
 from supsup_hopfield.memory import HopfieldMemory
+from supsup_hopfield.packed import PackedMasks, mask_sha256
 from supsup_hopfield.rules import RULES
 
 
@@ -27,7 +28,7 @@ def sample_archive(seed=0, dim=64, n=6) -> A.Archive:
     memories = {"layer0": HopfieldMemory(dim, "storkey").store(masks["layer0"]),
                 "layer1": HopfieldMemory(21, "projection", "float64").store(masks["layer1"].reshape(n, -1))}
     per_task = [{"task": i, "accuracy": float(rng.random()), "seconds": np.float32(1.5),
-                 "mask_sha256": A.mask_sha256([masks["layer0"][i], masks["layer1"][i]])} for i in range(n)]
+                 "mask_sha256": mask_sha256([masks["layer0"][i], masks["layer1"][i]])} for i in range(n)]
     config = {"run": {"dataset": "permuted-fashion-mnist", "model": "hopnet", "widths": [dim, 21]},
               "base_network": {"architecture": "hopnet", "widths": [dim, 21], "outputs": 10, "seed": 0,
                                "init": "signed-constant"},
@@ -102,8 +103,8 @@ def test_packed_rows_are_the_task_mask_sha256(saved):
             rows = b"".join(f["masks"][k][t].tobytes() for k in ("layer0", "layer1"))
             assert hashlib.sha256(rows).hexdigest() == rec["mask_sha256"]
     m = np.array([1, 0, 1, 1, 0, 0, 0, 0, 1], bool)  # -> bytes 0xB0 0x80
-    assert A.mask_sha256([m]) == hashlib.sha256(b"\xb0\x80").hexdigest()
-    assert A.mask_sha256([m[:8], np.ones((2, 2), int)]) == hashlib.sha256(b"\xb0\xf0").hexdigest()
+    assert mask_sha256([m]) == hashlib.sha256(b"\xb0\x80").hexdigest()
+    assert mask_sha256([m[:8], np.ones((2, 2), int)]) == hashlib.sha256(b"\xb0\xf0").hexdigest()
 
 
 def test_header_and_single_memory(saved, tmp_path):
@@ -116,8 +117,8 @@ def test_header_and_single_memory(saved, tmp_path):
     assert [r["task"] for r in h.per_task] == list(range(6))
 
     mem = arc.memories["layer0"]
-    mem.save(tmp_path / "one.h5")
-    back = HopfieldMemory.load(tmp_path / "one.h5")
+    A.save_memory(tmp_path / "one.h5", mem)
+    back = A.load_memory(tmp_path / "one.h5")
     assert back.weights.tobytes() == mem.weights.tobytes() and back.n_stored == mem.n_stored
     assert A.load_memory(path, "layer1").rule == "projection"
     with pytest.raises(UserError, match="holds 2 memories"):
@@ -361,24 +362,24 @@ def test_packed_masks_are_the_archive_rows(tmp_path, shape):
     """PackedMasks holds exactly the rows an archive stores: unpacking gives the bool masks back,
     each row hashes like `mask_sha256`, and writing packed or bool masks gives the same archive."""
     masks = np.random.default_rng(3).random(shape) < 0.5
-    packed = A.PackedMasks.pack(masks)
+    packed = PackedMasks.pack(masks)
     assert packed.shape == shape and len(packed) == shape[0] and packed.bits.shape[1] == -(-np.prod(shape[1:]) // 8)
     assert np.array_equal(np.asarray(packed), masks) and np.array_equal(packed[1:3], masks[1:3])
     for t in range(shape[0]):
         assert np.array_equal(packed[t], masks[t])
-        assert hashlib.sha256(packed.bits[t].tobytes()).hexdigest() == A.mask_sha256([masks[t]])
+        assert hashlib.sha256(packed.bits[t].tobytes()).hexdigest() == mask_sha256([masks[t]])
     A.write_archive(tmp_path / "p.h5", A.Archive(masks={"m": packed}))
     A.write_archive(tmp_path / "b.h5", A.Archive(masks={"m": masks}))
     for name in ("p.h5", "b.h5"):
         back = A.read_archive(tmp_path / name, packed_masks=True).masks["m"]
-        assert isinstance(back, A.PackedMasks) and np.array_equal(back.bits, packed.bits)
+        assert isinstance(back, PackedMasks) and np.array_equal(back.bits, packed.bits)
         assert np.array_equal(A.read_archive(tmp_path / name).masks["m"], masks)
 
 
 def test_packed_masks_reject_wrong_rows():
     with pytest.raises(ValueError, match="uint8 bits of shape"):
-        A.PackedMasks(np.zeros((2, 3), np.uint8), (13,))  # 13 bits need 2 bytes
+        PackedMasks(np.zeros((2, 3), np.uint8), (13,))  # 13 bits need 2 bytes
     with pytest.raises(ValueError, match="uint8 bits of shape"):
-        A.PackedMasks(np.zeros((2, 2), np.int16), (13,))
+        PackedMasks(np.zeros((2, 2), np.int16), (13,))
     with pytest.raises(ValueError, match="padding bits"):
-        A.PackedMasks(np.array([[0, 1]], np.uint8), (13,))  # bit 16 of a 13-bit mask
+        PackedMasks(np.array([[0, 1]], np.uint8), (13,))  # bit 16 of a 13-bit mask

@@ -142,8 +142,8 @@ def test_margin_memory_learns_lazily_and_holds_its_patterns(tmp_path):
     W = mem.weights.copy()  # relearned from all 50, from the same start as a fresh memory
     fresh = HopfieldMemory(96, "margin", margin=MarginConfig(epochs=50)).store(Z)
     np.testing.assert_array_equal(W, fresh.weights)
-    mem.save(tmp_path / "m.h5")
-    back = HopfieldMemory.load(tmp_path / "m.h5")
+    A.save_memory(tmp_path / "m.h5", mem)
+    back = A.load_memory(tmp_path / "m.h5")
     np.testing.assert_array_equal(back.weights, W)
     np.testing.assert_array_equal(back.patterns, Z)
     assert back.margin == MarginConfig(epochs=50) and back.learned == mem.learned
@@ -169,22 +169,22 @@ def test_margin_errors(tmp_path):
         rules.plain_update("margin", np.zeros((4, 4)), np.ones(4))
     # a margin memory whose patterns were removed from the file is refused by name
     mem = HopfieldMemory(16, "margin").store(random_patterns(3, 16))
-    mem.save(tmp_path / "m.h5")
+    A.save_memory(tmp_path / "m.h5", mem)
     with h5py.File(tmp_path / "m.h5", "r+") as f:
         del f["memory/memory/patterns"]
     with pytest.raises(A.ArchiveError, match="/memory/memory/patterns is not listed|without its patterns|missing"):
-        HopfieldMemory.load(tmp_path / "m.h5")
+        A.load_memory(tmp_path / "m.h5")
 
 
 def test_version_1_memories_still_load(tmp_path, monkeypatch):
     """Archives written before margin memories (hopfield-memory version 1) read unchanged."""
     monkeypatch.setitem(A._WRITE_VERSION, "hopfield-memory", "1")
     mem = HopfieldMemory(32, "storkey").store(random_patterns(5, 32))
-    mem.save(tmp_path / "v1.h5")
+    A.save_memory(tmp_path / "v1.h5", mem)
     with h5py.File(tmp_path / "v1.h5") as f:
         assert f["memory/memory"].attrs["encoding-version"] == b"1"
     monkeypatch.undo()
-    back = HopfieldMemory.load(tmp_path / "v1.h5")
+    back = A.load_memory(tmp_path / "v1.h5")
     np.testing.assert_array_equal(back.weights, mem.weights)
 
 

@@ -13,9 +13,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from supsup_hopfield.basenet import build_basenet
 from supsup_hopfield.data import Dataset, load_dataset
 from supsup_hopfield.errors import UserError
-from supsup_hopfield.inference import (METHODS, PackedMaskBank, alpha_gradient, entropy_objective,
-                                       evaluate_inference, g_objective, infer_task, inner_reference,
-                                       superpose_reference)
+from supsup_hopfield._packed_kernels import inner_reference, superpose_reference
+from supsup_hopfield.inference import (METHODS, alpha_gradient, entropy_objective, evaluate_inference, g_objective,
+                                       infer_task)
+from supsup_hopfield.packed import PackedMaskBank
 from supsup_hopfield.streams import TaskStream
 from supsup_hopfield.training import TrainConfig, train_task
 
@@ -78,9 +79,9 @@ def test_kernels_at_real_sizes_on_every_path(k, serial_bytes, numba_threads, mon
     """Superposition (uniform, grouped, weighted), counts and inner products against the plain
     references: across the 64-row switch to the lookup-table kernel, with one and two threads,
     and with the single-thread threshold forced both ways."""
-    from supsup_hopfield import inference
+    from supsup_hopfield import _packed_kernels
 
-    monkeypatch.setattr(inference, "_SERIAL_BYTES", serial_bytes)
+    monkeypatch.setattr(_packed_kernels, "SERIAL_BYTES", serial_bytes)
     rng = np.random.default_rng(k)
     bank = PackedMaskBank.from_masks(random_masks(rng, k, REAL_SHAPES, density=0.4), REAL_SHAPES)
     rows = np.unique(rng.choice(k, size=max(1, k // 2), replace=True))
@@ -122,19 +123,16 @@ def test_all_zero_and_all_one_masks():
     np.testing.assert_allclose(got, [0.0, sum(float(g.sum()) for g in grads)], rtol=1e-6)
 
 
-def test_padding_bits_in_packed_input_are_ignored():
+def test_packed_input_with_padding_bits_set_is_refused():
+    """Rows must be exactly what np.packbits writes: set padding bits mean the rows are not masks
+    of these shapes (or are damaged), so the bank refuses them instead of guessing."""
     rng = np.random.default_rng(9)
     masks = random_masks(rng, 5)
     packed = [np.stack([np.packbits(m[l].ravel()) for m in masks]) for l in range(len(SHAPES))]
-    dirty = [p.copy() for p in packed]
-    for p, n in zip(dirty, (21, 13, 64, 165)):
-        if n % 8:
-            p[:, -1] |= np.uint8((1 << (8 - n % 8)) - 1)  # set the bits past the last entry
-    clean, noisy = PackedMaskBank(packed, SHAPES), PackedMaskBank(dirty, SHAPES)
-    grads = [rng.standard_normal(n).astype(np.float32) for n in clean.entries]
-    np.testing.assert_allclose(noisy.inner(grads), clean.inner(grads), rtol=1e-6)
-    assert all(np.array_equal(a, b) for a, b in zip(noisy.counts(), clean.counts()))
-    assert all(np.array_equal(a, b) for a, b in zip(noisy.unpack(3), clean.unpack(3)))
+    PackedMaskBank(packed, SHAPES)
+    packed[1][2, -1] |= 1  # 13 entries: bits 13..15 of each row are padding
+    with pytest.raises(UserError, match=r"^packed\[1\]: packed masks: the padding bits of each row must be zero"):
+        PackedMaskBank(packed, SHAPES)
 
 
 # --------------------------------------------------------------------------------------- bank
@@ -158,6 +156,7 @@ def test_bank_shares_whole_word_input_and_copies_on_growth():
     rng = np.random.default_rng(2)
     shapes = [(8, 16), (3, 7)]  # 16 bytes per row (whole words): shared; 3 bytes: copied
     packed = [rng.integers(0, 256, size=(4, 16), dtype=np.uint8), rng.integers(0, 256, size=(4, 3), dtype=np.uint8)]
+    packed[1][:, -1] &= 0xF8  # 21 entries: the last 3 bits are padding, zero as np.packbits writes it
     for p in packed:
         p.setflags(write=False)  # e.g. a read-only np.load(mmap_mode="r")
     bank = PackedMaskBank(packed, shapes)
@@ -171,7 +170,8 @@ def test_bank_shares_whole_word_input_and_copies_on_growth():
 
 
 def test_bank_rejects_bad_input():
-    with pytest.raises(UserError, match=r"packed\[0\]: expected a uint8 array \(k, 3\)"):
+    with pytest.raises(UserError, match=r"^packed\[0\]: packed masks: expected uint8 bits of shape \(tasks, 3\) "
+                                        r"for masks of shape \(3, 7\), got uint8 \(2, 4\)"):
         PackedMaskBank([np.zeros((2, 4), np.uint8)], [(3, 7)])
     with pytest.raises(UserError, match=r"packed\[1\]: expected 2 tasks"):
         PackedMaskBank([np.zeros((2, 3), np.uint8), np.zeros((3, 2), np.uint8)], [(3, 7), (13,)])

@@ -1,7 +1,6 @@
 """HopSupSup recovery (supsup_hopfield/recovery.py): exact masks from every layout on a small
 trained problem, successive cancellation against a single pass, the batched candidate entropies
 against the plain forward, the paper's descent, and bad input."""
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

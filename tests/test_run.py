@@ -1,5 +1,4 @@
 """`supsup-hf train` and `run.train_run`: masks into memory and archive, resume, kill, errors."""
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import app
-from supsup_hopfield.archive import PackedMasks, mask_sha256, read_archive, read_header
+from supsup_hopfield.archive import read_archive, read_header
+from supsup_hopfield.packed import PackedMasks, mask_sha256
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.run import RECOVERY_LOAD, RunConfig, choose_memory, memory_slots, slot_pattern, train_run
 from supsup_hopfield.training import TrainConfig

@@ -1,8 +1,6 @@
 """The storage report: synthetic masks, acceptance numbers per format, Hopfield accounting, CLI."""
 import json
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
