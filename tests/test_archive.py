@@ -383,3 +383,24 @@ def test_packed_masks_reject_wrong_rows():
         PackedMasks(np.zeros((2, 2), np.int16), (13,))
     with pytest.raises(ValueError, match="padding bits"):
         PackedMasks(np.array([[0, 1]], np.uint8), (13,))  # bit 16 of a 13-bit mask
+
+
+def test_an_archive_written_by_an_earlier_version_still_reads():
+    """tests/data/run-hopnet-64-526d08b.h5 was written by `supsup-hf train --tasks 3 --steps 20
+    --model hopnet --widths 64,64 --dataset split-fashion-mnist` at commit 526d08b. It reads, its
+    masks hash to the recorded mask_sha256, and today's code rebuilds its memories bit for bit
+    from its masks (so it would also have trained the same memories)."""
+    from pathlib import Path
+
+    from supsup_hopfield.run import replay_memories
+
+    path = Path(__file__).parent / "data" / "run-hopnet-64-526d08b.h5"
+    arc = A.read_archive(path)
+    packed = A.read_archive(path, packed_masks=True)
+    assert len(arc.per_task) == 3 and sorted(arc.memories) == ["layer0", "layer1"]
+    for t, rec in enumerate(arc.per_task):
+        assert mask_sha256([arc.masks["layer0"][t], arc.masks["layer1"][t]]) == rec["mask_sha256"]
+        assert np.array_equal(packed.masks["layer1"][t], arc.masks["layer1"][t])
+    again = replay_memories(arc.config, arc.masks, "projection-zd", 3)
+    for name, mem in arc.memories.items():
+        assert mem.n_stored == 3 and again[name].weights.tobytes() == mem.weights.tobytes()
