@@ -91,6 +91,13 @@ def test_one_margin_epoch_as_matrices_equals_the_plain_loops():
                                rules.plain_margin_epoch(W, Z, None, 0.8, 0.7).T)  # symmetric
 
 
+def test_stabilities_by_definition():
+    W = np.array([[0.0, 3, -4, 0], [3, 0, 0, 0], [-4, 0, 0, 0], [0, 0, 0, 0]])  # unit 3 has no couplings
+    Z = np.array([[1, 1, -1, 1], [1, -1, 1, -1]], np.int8)
+    # z_i (Wz)_i / ‖W_i‖, a norm of 0 counting as 1
+    np.testing.assert_allclose(stabilities(W, Z), [[7 / 5, 1, 1, 0], [-7 / 5, -1, -1, 0]])
+
+
 def test_margin_epoch_edge_cases_match_the_plain_loops():
     """A unit with no couplings (norm 0 counts as 1), and a unit exactly at the margin (κ = 0
     with Ψ = 0: stability 0 is not below 0, and a zero field is not a wrong unit)."""
@@ -165,8 +172,10 @@ def test_margin_errors(tmp_path):
                       ({"epochs": -1}, "epochs: expected an integer >= 0"), ({"lr": 0}, "lr: expected a positive")]:
         with pytest.raises(ValueError, match=match):
             MarginConfig(**kw)
-    with pytest.raises(ValueError, match="rule: expected an incremental rule .* got 'margin'"):
+    with pytest.raises(ValueError, match=r"rule: expected an incremental rule \(hebbian, storkey-paper, storkey, "
+                                         r"projection, projection-zd\), got 'margin'"):
         rules.plain_update("margin", np.zeros((4, 4)), np.ones(4))
+    assert MarginConfig(kappa=0.0).kappa == 0.0  # a zero margin is a margin (fixed points only)
     # a margin memory whose patterns were removed from the file is refused by name
     mem = HopfieldMemory(16, "margin").store(random_patterns(3, 16))
     A.save_memory(tmp_path / "m.h5", mem)
