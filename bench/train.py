@@ -34,13 +34,12 @@ import time
 from itertools import islice
 
 import torch
-import torch.nn.functional as F
 
 from supsup_hopfield.basenet import build_basenet
 from supsup_hopfield.data import DEFAULT_DIRS, find_idx_files, load_dataset
-from supsup_hopfield.masks import init_scores, scores_to_masks
+from supsup_hopfield.masks import init_scores
 from supsup_hopfield.streams import make_stream, task_permutation
-from supsup_hopfield.training import DEVICES, TrainConfig, make_optimizer, resolve_device, train_task
+from supsup_hopfield.training import DEVICES, TrainConfig, make_optimizer, resolve_device, train_step, train_task
 
 BATCH = 128
 
@@ -86,10 +85,7 @@ def make_step(net, config, task_index=0):
     optimizer = make_optimizer(scores, config)
 
     def step(x, y):
-        loss = F.cross_entropy(net(x, scores_to_masks(scores, config.mask_config)), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(net, scores, optimizer, config.mask_config, x, y)
 
     return step
 

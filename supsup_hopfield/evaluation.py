@@ -241,25 +241,16 @@ def _tick(progress, done, total):
 
 
 def _gg(net, archive, stream, tasks, batch_size, progress):
-    import torch
-
-    from supsup_hopfield.masks import masks_to_tensors
+    from supsup_hopfield.training import evaluate
 
     out = []
     for k, t in enumerate(tasks):
-        masks = masks_to_tensors(_layer_masks(archive, t), device=net.device)
-        correct = total = batches = 0
-        seconds = 0.0
-        with torch.no_grad():
-            for x, y in stream.task(t).test_batches(batch_size):
-                t0 = time.perf_counter()
-                pred = net(x.to(net.device), masks).argmax(dim=1)
-                seconds += time.perf_counter() - t0
-                correct += int((pred == y.to(net.device)).sum())
-                total += y.shape[0]
-                batches += 1
-        out.append({"task": t, "accuracy": correct / total, "task_inference_accuracy": 1.0,
-                    "seconds_per_batch": seconds / batches})
+        task = stream.task(t)
+        t0 = time.perf_counter()
+        accuracy = evaluate(net, _layer_masks(archive, t), task, batch_size)
+        seconds = time.perf_counter() - t0
+        out.append({"task": t, "accuracy": accuracy, "task_inference_accuracy": 1.0,
+                    "seconds_per_batch": seconds / task.test_batch_count(batch_size)})
         _tick(progress, k + 1, len(tasks))
     return out
 

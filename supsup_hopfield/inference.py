@@ -28,14 +28,14 @@ inferred mask (what the paper reports when labels are shared) is returned beside
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 import torch
 
 from supsup_hopfield.errors import UserError
-from supsup_hopfield.masks import masks_to_tensors
 from supsup_hopfield.packed import PackedMaskBank
+from supsup_hopfield.training import predict
 
 METHODS = ("oneshot", "binary", "g", "binary-g")
 OBJECTIVES = ("entropy", "g")
@@ -100,12 +100,6 @@ def infer_task(net, bank: PackedMaskBank, x: torch.Tensor, method: str = "onesho
         keep = np.argsort(grad, kind="stable")[: (candidates.size + 1) // 2]
         candidates = candidates[np.sort(keep)]
     return int(candidates[0])
-
-
-@torch.no_grad()
-def predict(net, masks: Sequence[np.ndarray], x: torch.Tensor) -> torch.Tensor:
-    """Class predictions (argmax over all outputs) of `net` under one task's `masks` for x."""
-    return net(x.to(net.device), masks_to_tensors(masks, device=net.device)).argmax(dim=1)
 
 
 def evaluate_inference(net, bank: PackedMaskBank, stream, tasks: Optional[Iterable[int]] = None,

@@ -38,14 +38,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from supsup_hopfield.basenet import BATCH_TAG, BaseNet, derive_seed
 from supsup_hopfield.errors import UserError
-from supsup_hopfield.inference import OBJECTIVES, alpha_gradient, infer_task, predict
+from supsup_hopfield.inference import OBJECTIVES, alpha_gradient, infer_task
+from supsup_hopfield.masks import binarize, init_scores
 from supsup_hopfield.packed import PackedMaskBank
-from supsup_hopfield.masks import binarize, init_scores, scores_to_masks
-from supsup_hopfield.training import TrainConfig, make_optimizer, resolve_device
+from supsup_hopfield.training import TrainConfig, make_optimizer, predict, resolve_device, train_step
 
 
 @dataclass(frozen=True)
@@ -94,13 +93,8 @@ class _Slot:
         return self._masks
 
     def step(self, net: BaseNet, x: torch.Tensor, y: torch.Tensor, train: TrainConfig) -> torch.Tensor:
-        logits = net(x, scores_to_masks(self.scores, train.mask_config))  # (B, outputs)
-        loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
         self._masks = None
-        return loss.detach()
+        return train_step(net, self.scores, self.optimizer, train.mask_config, x, y)
 
     def confirm(self, train: TrainConfig, step: int) -> None:
         """Remember the slot as it is at `step`: a check found it explains the data it trains on."""

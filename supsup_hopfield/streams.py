@@ -142,14 +142,22 @@ class Task:
     def test_batches(self, batch_size: int = 1000) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """The test set once, in order. A last batch of one row joins the previous batch, since
         batch statistics (hopnet's BatchNorm) are undefined for one row."""
+        bounds = self._test_bounds(batch_size)
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            yield self._gather(self._test_x[start:stop], None), self._test_y[start:stop]
+
+    def test_batch_count(self, batch_size: int = 1000) -> int:
+        """How many batches `test_batches(batch_size)` yields."""
+        return len(self._test_bounds(batch_size)) - 1
+
+    def _test_bounds(self, batch_size: int) -> list:
         if batch_size < 1:
             raise UserError(f"test batch size: expected at least 1, got {batch_size}; pass a positive size")
         n = self.n_test
         bounds = list(range(0, n, batch_size)) + [n]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
             del bounds[-2]
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            yield self._gather(self._test_x[start:stop], None), self._test_y[start:stop]
+        return bounds
 
 
 class TaskStream:

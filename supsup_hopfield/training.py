@@ -134,14 +134,10 @@ def train_task(net: BaseNet, task: Task, config: TrainConfig, task_index: int,
     for step, (x, y) in enumerate(batches):
         if x.device != device:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = net(x, scores_to_masks(scores, mask_config))  # (B, outputs)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses[step] = loss.detach()
+        loss = train_step(net, scores, optimizer, mask_config, x, y)
+        losses[step] = loss
         if progress is not None:
-            progress(step + 1, loss.detach())
+            progress(step + 1, loss)
 
     # 4. export
     masks = binarize(scores, mask_config)
@@ -159,18 +155,34 @@ def train_task(net: BaseNet, task: Task, config: TrainConfig, task_index: int,
     return masks, info
 
 
+def train_step(net: BaseNet, scores, optimizer, mask_config: MaskConfig, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+    """One straight-through step on the batch (x, y): cross-entropy of `net` under the masks of
+    `scores`, and the scores updated. Returns the loss, detached, on the device (reading it
+    would make the step wait for the GPU). Training, NNs and the benchmark all step this way."""
+    logits = net(x, scores_to_masks(scores, mask_config))  # (B, outputs)
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def predict(net: BaseNet, masks: Sequence, x: torch.Tensor) -> torch.Tensor:
+    """Class predictions (argmax over all outputs, superfluous ones included) of `net` under one
+    task's `masks` (numpy bool arrays or tensors) for the batch x."""
+    return net(x.to(net.device), masks_to_tensors(masks, device=net.device)).argmax(dim=1)
+
+
 @torch.no_grad()
 def evaluate(net: BaseNet, masks: Sequence, task: Task, batch_size: int = 1000) -> float:
-    """Test accuracy of `net` under `masks` (numpy bool arrays or tensors) on `task`, with the
-    task given (GG): argmax over all outputs, superfluous ones included. hopnet's BatchNorm uses
-    the statistics of each test batch, so `batch_size` matters there."""
+    """Test accuracy of `net` under `masks` on `task`, with the task given (GG). hopnet's
+    BatchNorm uses the statistics of each test batch, so `batch_size` matters there."""
     check_masks(net, masks)
-    device = net.device
-    mask_tensors = masks_to_tensors(masks, device=device)
-    correct = 0
-    total = 0
+    mask_tensors = masks_to_tensors(masks, device=net.device)
+    correct = total = 0
     for x, y in task.test_batches(batch_size):
-        x, y = x.to(device), y.to(device)
-        correct += int((net(x, mask_tensors).argmax(dim=1) == y).sum())
+        correct += int((predict(net, mask_tensors, x) == y.to(net.device)).sum())
         total += y.shape[0]
     return correct / total
