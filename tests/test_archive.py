@@ -121,10 +121,11 @@ def test_header_and_single_memory(saved, tmp_path):
     back = A.load_memory(tmp_path / "one.h5")
     assert back.weights.tobytes() == mem.weights.tobytes() and back.n_stored == mem.n_stored
     assert A.load_memory(path, "layer1").rule == "projection"
-    with pytest.raises(UserError, match="holds 2 memories"):
+    with pytest.raises(UserError, match=r"holds 2 memories \(layer0, layer1\); name one with layer=\.\.\."):
         A.load_memory(path)
-    with pytest.raises(UserError, match="no memory named 'nope'"):
+    with pytest.raises(UserError, match=r"no memory named 'nope'; it holds layer0, layer1$"):
         A.load_memory(path, "nope")
+    assert h.versions == A.read_archive(path).versions and h.versions["numpy"] == np.__version__
 
 
 def test_bad_input_is_refused_before_writing(tmp_path):
@@ -404,3 +405,10 @@ def test_an_archive_written_by_an_earlier_version_still_reads():
     again = replay_memories(arc.config, arc.masks, "projection-zd", 3)
     for name, mem in arc.memories.items():
         assert mem.n_stored == 3 and again[name].weights.tobytes() == mem.weights.tobytes()
+
+
+def test_causes_are_quoted_on_one_line_of_at_most_200_characters():
+    assert A._one_line(OSError("disk\n   full")) == "disk full"
+    assert A._one_line(KeyError()) == "KeyError"
+    assert A._one_line(ValueError("x" * 200)) == "x" * 200
+    assert A._one_line(ValueError("y" * 201)) == "y" * 197 + "..."

@@ -18,7 +18,7 @@ from supsup_hopfield.inference import (METHODS, alpha_gradient, entropy_objectiv
                                        infer_task)
 from supsup_hopfield.packed import PackedMaskBank
 from supsup_hopfield.streams import TaskStream
-from supsup_hopfield.training import TrainConfig, train_task
+from supsup_hopfield.training import TrainConfig, evaluate, train_task
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SHAPES = [(3, 7), (13,), (8, 8), (5, 33)]  # 21, 13, 64, 165 entries: most not a multiple of 8
@@ -287,9 +287,53 @@ def test_wrongly_inferred_batches_count_as_wrong(trained, monkeypatch):
     import supsup_hopfield.inference as inference
     monkeypatch.setattr(inference, "infer_task", lambda net, bank, x, method, n: 0)
     results = evaluate_inference(net, bank, stream, tasks=[0, 1], batch_size=250)
-    assert results[0]["task_inference_accuracy"] == 1.0 and results[0]["accuracy"] > 0.6
+    assert sorted(results) == [0, 1]
+    given = [evaluate(net, bank.unpack(t), stream.task(t), batch_size=250) for t in (0, 1)]
+    assert results[0]["task_inference_accuracy"] == 1.0 and results[0]["accuracy"] == given[0] > 0.6
+    assert results[0]["accuracy_inferred_mask"] == results[0]["task_given_accuracy"] == given[0]
     assert results[1]["task_inference_accuracy"] == 0.0 and results[1]["accuracy"] == 0.0
-    assert results[1]["accuracy_inferred_mask"] < results[1]["task_given_accuracy"]
+    assert results[1]["task_given_accuracy"] == given[1]
+    assert results[1]["accuracy_inferred_mask"] == evaluate(net, bank.unpack(0), stream.task(1), batch_size=250)
+
+
+def test_evaluate_inference_passes_its_options_and_reports_time_and_progress(trained, monkeypatch):
+    """n_classes reaches the inference, seconds per batch is the mean time of one inference (a
+    fake clock that advances 1 s per reading gives exactly 1.0), progress counts tasks."""
+    net, stream, bank = trained
+    import supsup_hopfield.inference as inference
+    seen, ticks, calls = [], iter(range(10**6)), []
+    monkeypatch.setattr(inference, "infer_task", lambda net, bank, x, method, n: seen.append((method, n)) or 1)
+    monkeypatch.setattr(inference.time, "perf_counter", lambda: float(next(ticks)))
+    res = evaluate_inference(net, bank, stream, tasks=[2, 1], method="binary-g", batch_size=200, n_classes=13,
+                             progress=lambda done, total: calls.append((done, total)))
+    assert list(res) == [2, 1] and calls == [(1, 2), (2, 2)]
+    assert res[2]["batches"] == 3 and res[2]["seconds_per_batch"] == 1.0  # 500 images: 200, 200, 100
+    assert set(seen) == {("binary-g", 13)} and len(seen) == 6
+    seen.clear()
+    evaluate_inference(net, bank, stream, tasks=[0], batch_size=200)
+    assert set(seen) == {("oneshot", stream.n_classes)}
+
+
+def test_binary_inference_keeps_the_better_half_each_round(monkeypatch):
+    """Against a scripted gradient: round 1 over all 7 rows keeps the 4 lowest, and so on; the
+    scripted gradients reverse order between rounds, so one-shot and binary disagree."""
+    import supsup_hopfield.inference as inference
+    bank = PackedMaskBank.from_masks(random_masks(np.random.default_rng(0), 7))
+    rounds = []
+
+    def fake_gradient(net, bank, x, rows, objective, n_classes):
+        rows = np.arange(bank.k) if rows is None else np.asarray(rows)
+        rounds.append((rows.tolist(), objective, n_classes))
+        sign = 1.0 if len(rounds) % 2 else -1.0
+        return sign * rows.astype(np.float64)  # rows ascending in odd rounds, descending in even
+
+    monkeypatch.setattr(inference, "alpha_gradient", fake_gradient)
+    assert infer_task(None, bank, None, "oneshot", n_classes=17) == 0
+    assert rounds == [(list(range(7)), "entropy", 17)]
+    rounds.clear()
+    # 7 rows -> keep 4 lowest {0,1,2,3} -> keep 2 highest {2,3} -> keep the lowest {2}
+    assert infer_task(None, bank, None, "binary-g", n_classes=17) == 2
+    assert rounds == [(list(range(7)), "g", 17), ([0, 1, 2, 3], "g", 17), ([2, 3], "g", 17)]
 
 
 # --------------------------------------------------------------------- no materialisation
