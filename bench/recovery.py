@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from supsup_hopfield.archive import read_archive  # noqa: E402
 from supsup_hopfield.recovery import (RecoveryConfig, _Layout, candidate_entropies, decode,  # noqa: E402
                                       seeded_cues)
-from supsup_hopfield.run import RunConfig, memory_slots, replay_memories, stream_and_net  # noqa: E402
+from supsup_hopfield.run import SavedRun, masks_by_layer, memory_slots, replay_memories, stream_and_net  # noqa: E402
 
 
 def main():
@@ -40,13 +40,12 @@ def main():
 
     arc = read_archive(a.archive, packed_masks=True)
     k = a.stored or len(arc.per_task)
-    cfg = RunConfig.from_dict(arc.config["run"])
+    cfg = SavedRun.from_config(arc.config, a.archive).run
     stream, net = stream_and_net(cfg, k, None, False)
     memories = replay_memories(arc.config, arc.masks, a.rule, k)
     slots = memory_slots(dataclasses.replace(cfg, memory_rule=a.rule))
     layout = _Layout(net, memories, slots)
-    true = np.concatenate([np.asarray(arc.masks[f"layer{l}"][:k]).reshape(k, -1) for l in range(len(layout.shapes))],
-                          axis=1)
+    true = np.concatenate([np.asarray(m[:k]).reshape(k, -1) for m in masks_by_layer(arc.masks)], axis=1)
     cues = seeded_cues(net, cfg.train.mask_config, cfg.train.seed, range(k))
     print(f"{a.archive}: {k} masks of {cfg.model} {list(cfg.widths or [])}, {cfg.train.steps} steps each; "
           f"rule {a.rule}, {len(memories)} memories of d = {sorted({m.dim for m in memories.values()})}; "

@@ -23,7 +23,7 @@ def _masks_from_archive(path, layer):
     """One layer's masks (tasks, *layer_shape) from an archive, and the seeded initial masks of
     the run's tasks as bases for `delta` (rebuilt from the archive's config)."""
     from supsup_hopfield.archive import read_archive
-    from supsup_hopfield.run import initial_masks
+    from supsup_hopfield.run import initial_masks, layer_key
 
     archive = read_archive(path)
     if not archive.masks:
@@ -37,8 +37,9 @@ def _masks_from_archive(path, layer):
         raise UserError(f"--layer: expected one of {', '.join(names)}, got {layer!r}")
     masks = archive.masks[layer]
     bases = None
-    if "run" in archive.config and layer.startswith("layer"):
-        bases = initial_masks(archive.config, int(layer[5:]), len(masks))
+    numbers = {layer_key(l): l for l in range(len(names))}
+    if "run" in archive.config and layer in numbers:
+        bases = initial_masks(archive.config, numbers[layer], len(masks))
     return masks, bases
 
 

@@ -97,12 +97,13 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
 
 def _saved_memory(out, layout):
     from supsup_hopfield.archive import read_header
+    from supsup_hopfield.run import SavedRun
 
     try:
-        run = read_header(out, verify=False).config["run"]
-    except (KeyError, TypeError, ValueError, OSError):
+        run = SavedRun.from_config(read_header(out, verify=False).config).run
+    except (ValueError, OSError):
         return None, layout or "per-layer"  # train_run says what is wrong with the file
-    return run.get("memory_rule"), layout or run.get("memory_layout") or "per-layer"
+    return run.memory_rule, layout or run.memory_layout or "per-layer"
 
 
 def _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download):
@@ -129,17 +130,17 @@ def _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download):
 def summary(archive, out) -> str:
     import numpy as np
 
-    from supsup_hopfield.run import MemorySlot, slot_pattern
+    from supsup_hopfield.run import SavedRun, masks_by_layer, slot_pattern
 
     acc = [r["accuracy"] for r in archive.per_task]
     lines = [f"{len(acc)} tasks in {out}; mean accuracy with the task given (GG) {np.mean(acc):.4f}"]
     masks = archive.masks
-    slots = [MemorySlot(**s) for s in archive.config.get("memory_slots", [])]
+    slots = SavedRun.from_config(archive.config).slots
     for slot in slots:
         mem = archive.memories[slot.name]
         line = f"memory {slot.name}: {mem.rule}, d = {mem.dim}, {mem.n_stored} masks stored"
         if masks:
-            layers = [masks[f"layer{l}"] for l in range(len(masks))]
+            layers = masks_by_layer(masks)
             patterns = np.stack([slot_pattern(slot, [m[t] for m in layers]) for t in range(len(acc))])
             line += f", {int(mem.stable(patterns).sum())} of them exact fixed points"
         lines.append(line)

@@ -17,7 +17,7 @@ import numpy as np
 
 from supsup_hopfield.archive import read_archive, write_archive
 from supsup_hopfield.errors import UserError
-from supsup_hopfield.run import RunConfig, stream_and_net
+from supsup_hopfield.run import SavedRun, masks_by_layer, stream_and_net
 
 METHODS = ("gg", "oneshot", "binary", "g", "hopfield")
 
@@ -33,7 +33,7 @@ def _open(path, data_dir, device, tasks):
     if not chosen or any(not 0 <= t < n for t in chosen):
         raise UserError(f"tasks: expected task indices in 0..{n - 1} (the run's {n} tasks), got "
                         f"{_span(chosen)}; pass e.g. `tasks='0:{n}'`")
-    cfg = RunConfig.from_dict(archive.config["run"])
+    cfg = SavedRun.from_config(archive.config, str(path)).run
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
     stream, net = stream_and_net(cfg, n, data_dir, download=False)
     return path, archive, stream, net, chosen
@@ -87,7 +87,7 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
                         f"with `keep_masks=False`; use `method='hopfield'`")
     path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
     start = time.perf_counter()
-    if archive.config.get("scenario") == "nns":
+    if SavedRun.from_config(archive.config).scenario == "nns":
         per_task = _nns(net, archive, stream, chosen, method, batch_size, progress)
     elif method == "gg":
         per_task = _gg(net, archive, stream, chosen, batch_size, progress)
@@ -138,7 +138,7 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
         if rule not in RULES:
             raise UserError(f"memory rule: expected one of {', '.join(RULES)}, got {rule!r}")
     path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
-    if archive.config.get("scenario") == "nns":
+    if SavedRun.from_config(archive.config).scenario == "nns":
         raise UserError(f"{path}: holds an NNs run, whose masks are not one per task; replay needs a run "
                         f"trained with the task given (`scenario='gg'`)")
     if not archive.masks:
@@ -232,7 +232,7 @@ def plot_replay(result: dict, path) -> None:
 
 
 def _layer_masks(archive, t):
-    return [archive.masks[f"layer{l}"][t] for l in range(len(archive.masks))]
+    return [m[t] for m in masks_by_layer(archive.masks)]
 
 
 def _tick(progress, done, total):
@@ -260,7 +260,7 @@ def _inferred(net, archive, stream, tasks, method, batch_size, progress):
     from supsup_hopfield.packed import PackedMaskBank
 
     # the archive's packed masks are the bank's layers, handed on as they are; every task is a candidate
-    bank = PackedMaskBank([archive.masks[f"layer{l}"] for l in range(len(archive.masks))])
+    bank = PackedMaskBank(masks_by_layer(archive.masks))
     res = evaluate_inference(net, bank, stream, tasks, method=method, batch_size=batch_size, progress=progress)
     return [{"task": t, "accuracy": r["accuracy"], "task_inference_accuracy": r["task_inference_accuracy"],
              "task_given_accuracy": r["task_given_accuracy"], "seconds_per_batch": r["seconds_per_batch"]}
@@ -275,7 +275,7 @@ def _nns(net, archive, stream, tasks, method, batch_size, progress):
         raise UserError(f"method: an NNs run has no task ids to give (gg) and keeps its masks "
                         f"explicitly; use `method='oneshot'`, 'binary' or 'g', got {method!r}")
     n = len(archive.masks["layer0"])
-    masks = [[archive.masks[f"layer{l}"][i] for l in range(len(archive.masks))] for i in range(n)]
+    masks = [[m[i] for m in masks_by_layer(archive.masks)] for i in range(n)]
     mapping = [t.get("mask") for t in archive.per_task]
     t0 = time.perf_counter()
     res = evaluate_nns(net, masks, stream, tasks, mapping, method, batch_size, progress=progress)

@@ -44,6 +44,7 @@ from supsup_hopfield import dynamics
 from supsup_hopfield.basenet import BN_EPS, BaseNet, derive_seed
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.inference import entropy_objective
+from supsup_hopfield.run import MemorySlot, SavedRun, layer_key, masks_by_layer
 
 RECOVERY_TAG = 3  # random-stream tag of recovery (basenet uses 0-2)
 METHODS = ("seeded", "descent")
@@ -120,16 +121,14 @@ class RecoveryConfig:
 def default_slots(net: BaseNet, memories: dict) -> list:
     """Slots (`run.MemorySlot`: which mask entries a memory holds) for unsplit memories: one per
     masked layer named layer0.., or one joint memory. A run records its own in its archive."""
-    from supsup_hopfield.run import MemorySlot as Slot
-
     sizes = [int(np.prod(s)) for s in net.mask_shapes]
-    names = [f"layer{l}" for l in range(len(sizes))]
+    names = [layer_key(l) for l in range(len(sizes))]
     if sorted(memories) == sorted(names):
-        return [Slot(n, l, 0, s) for l, (n, s) in enumerate(zip(names, sizes))]
+        return [MemorySlot(n, l, 0, s) for l, (n, s) in enumerate(zip(names, sizes))]
     if len(memories) == 1:
         (name, mem), = memories.items()
         if mem.dim == sum(sizes):
-            return [Slot(name, None, 0, sum(sizes))]
+            return [MemorySlot(name, None, 0, sum(sizes))]
     raise UserError(f"memories: expected one per masked layer ({', '.join(names)}) or one joint memory of "
                     f"dim {sum(sizes)}, got {', '.join(f'{k} (dim {m.dim})' for k, m in memories.items()) or 'none'}; "
                     "pass the slots the run recorded (archive.config['memory_slots'])")
@@ -140,8 +139,6 @@ class _Layout:
     form (one pattern per memory)."""
 
     def __init__(self, net: BaseNet, memories: dict, slots: Optional[Sequence]):
-        from supsup_hopfield.run import MemorySlot
-
         self.shapes = [tuple(s) for s in net.mask_shapes]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         slots = default_slots(net, memories) if slots is None else [
@@ -487,14 +484,14 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
     entropy, fixed_point, steps, seconds (this task's selection plus an equal share of the
     shared decoding). `gg_cache` (task -> gg_accuracy) lets calls on the same run share the
     task-given accuracies, which do not depend on the memory."""
-    from supsup_hopfield.run import RunConfig
     from supsup_hopfield.training import evaluate
 
     if not isinstance(config, RecoveryConfig):
         raise UserError(f"config: expected a RecoveryConfig, got {type(config).__name__}; "
                         "pass RecoveryConfig() or RecoveryConfig.paper()")
     memories = archive.memories if memories is None else memories
-    slots = archive.config.get("memory_slots")
+    saved = SavedRun.from_config(archive.config) if "run" in archive.config else None
+    slots = list(saved.slots) if saved is not None and saved.slots else None
     layout = _Layout(net, memories, slots)
     n_tasks = len(archive.per_task)
     tasks = list(range(n_tasks)) if tasks is None else [int(t) for t in tasks]
@@ -509,13 +506,13 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
             raise UserError("init 'stored-mean' needs the archive's explicit masks, and this archive has "
                             "none (trained with `keep_masks=False`); pick init 'empty'")
         stored = max(m.n_stored for m in layout.memories)
-        init_scores = 2.0 * layout.flatten([np.asarray(masks[f"layer{l}"][:stored], np.float32).mean(axis=0)
-                                            for l in range(len(layout.shapes))]) - 1.0
+        init_scores = 2.0 * layout.flatten([np.asarray(m[:stored], np.float32).mean(axis=0)
+                                            for m in masks_by_layer(masks)]) - 1.0
     if config.method == "seeded":
-        if "run" not in archive.config:
+        if saved is None:
             raise UserError("the seeded method rebuilds each task's initial mask from the run's config, and "
                             "this archive has none; use method 'descent'")
-        train = RunConfig.from_dict(archive.config["run"]).train
+        train = saved.run.train
         stored = max(m.n_stored for m in layout.memories)
         cues = seeded_cues(net, train.mask_config, train.seed, range(stored))
         if stored > 1 and (cues == cues[0]).all():
@@ -532,7 +529,7 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
                                   candidates=candidates, init_scores=init_scores)
         record = {"task": t, "accuracy": None, "gg_accuracy": None, "hamming": None}
         if masks is not None:
-            true = [masks[f"layer{l}"][t] for l in range(len(layout.shapes))]
+            true = [m[t] for m in masks_by_layer(masks)]
             cache = {} if gg_cache is None else gg_cache
             if t not in cache:
                 cache[t] = evaluate(net, true, task)

@@ -159,13 +159,48 @@ class MemorySlot:
     stop: int
 
 
+def layer_key(layer: int) -> str:
+    """The name under which a run keeps masked layer `layer`'s masks (and its per-layer memory)
+    in an archive: the one place a layer number becomes a name."""
+    return f"layer{layer}"
+
+
+def masks_by_layer(masks: dict) -> list:
+    """A run archive's masks (name -> masks) as a list indexed by layer number."""
+    return [masks[layer_key(l)] for l in range(len(masks))]
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """A run archive's /config, typed: what `train` recorded (docs/ARCHIVE.md)."""
+
+    run: RunConfig
+    slots: tuple  # MemorySlot per memory, in order
+    scenario: str  # "gg" (task given while training) or "nns"
+    base_network: BaseNetSpec
+    stream: dict  # the stream's recipe (name, seed, relabel)
+
+    @classmethod
+    def from_config(cls, config: dict, where: str = "archive") -> "SavedRun":
+        try:
+            b = config["base_network"]
+            return cls(run=RunConfig.from_dict(config["run"]),
+                       slots=tuple(MemorySlot(**s) for s in config.get("memory_slots", [])),
+                       scenario=config.get("scenario", "gg"),
+                       base_network=BaseNetSpec(b["architecture"], tuple(b["widths"]), b["outputs"], b["seed"]),
+                       stream=dict(config["stream"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{where}: its config is not a run's ({type(e).__name__}: {e}); pass an archive "
+                            "written by supsup-hf train") from None
+
+
 def memory_slots(cfg: RunConfig) -> list[MemorySlot]:
     """The memories a run keeps, in order (empty without a memory rule)."""
     if not cfg.memory_rule:
         return []
     sizes = cfg.layer_sizes()
     groups = [("joint", None, sum(sizes))] if cfg.memory_layout == "joint" else \
-        [(f"layer{l}", l, n) for l, n in enumerate(sizes)]
+        [(layer_key(l), l, n) for l, n in enumerate(sizes)]
     slots = []
     for name, layer, n in groups:
         edges = block_edges(n, cfg.hopfield_dim or n)
@@ -178,8 +213,8 @@ def replay_memories(config: dict, masks: dict, rule: str, stored: int, dtype: st
     """A saved run's memories rebuilt under `rule` from its first `stored` explicit masks (its
     archive's `config` and `masks`), without retraining: what the run's memory would hold after
     `stored` tasks had it used `rule`. Same layout and slots as the run (name -> memory)."""
-    cfg = dataclasses.replace(RunConfig.from_dict(config["run"]), memory_rule=rule)
-    layers = [masks[f"layer{l}"] for l in range(len(cfg.layer_sizes()))]
+    cfg = dataclasses.replace(SavedRun.from_config(config).run, memory_rule=rule)
+    layers = masks_by_layer(masks)
     if not 1 <= stored <= len(layers[0]):
         raise UserError(f"stored: expected 1..{len(layers[0])} (the run's explicit masks), got {stored}; "
                         "pass counts the archive holds")
@@ -200,10 +235,9 @@ def slot_pattern(slot: MemorySlot, layer_masks) -> np.ndarray:
 def initial_masks(config: dict, layer: int, tasks: int) -> np.ndarray:
     """Layer `layer`'s seeded starting mask of tasks 0..tasks−1 of a saved run (from its archive
     config): what the `delta` codec stores flips against, rebuilt at no storage cost."""
-    cfg = RunConfig.from_dict(config["run"])
-    b = config["base_network"]
-    spec = BaseNetSpec(b["architecture"], tuple(b["widths"]), b["outputs"], b["seed"])
-    return np.stack([initial_mask(spec, cfg.train.mask_config, cfg.train.seed, t)[layer] for t in range(tasks)])
+    saved = SavedRun.from_config(config)
+    train = saved.run.train
+    return np.stack([initial_mask(saved.base_network, train.mask_config, train.seed, t)[layer] for t in range(tasks)])
 
 
 class Progress:
@@ -241,17 +275,16 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
               "memory_slots": [dataclasses.asdict(s) for s in slots]}
     config["stream"].pop("n_tasks", None)
 
-    n_layers = len(cfg.layer_sizes())
     if resume:
         saved = read_archive(out, packed_masks=True)
-        if saved.config.get("scenario") == "nns":
+        if SavedRun.from_config(saved.config, str(out)).scenario == "nns":
             raise UserError(f"{out} holds an NNs run (masks not per task), which cannot be resumed as a "
                             f"task-given run; write to a new `out`")
         _check_same_run(out, saved.config, config)
         if cfg.keep_masks and saved.masks is None and saved.per_task:
             raise UserError(f"{out} was written with `keep_masks=False`; resume it with `keep_masks=False`")
         memories, per_task, evaluations = saved.memories, list(saved.per_task), saved.evaluations
-        kept = PackedMaskBank([saved.masks[f"layer{l}"] for l in range(n_layers)]) if saved.masks else None
+        kept = PackedMaskBank(masks_by_layer(saved.masks)) if saved.masks else None
     else:
         memories = {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in slots}
         per_task, evaluations, kept = [], [], None
@@ -261,7 +294,7 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
 
     def save():
         if cfg.keep_masks:
-            archive.masks = {f"layer{l}": layer for l, layer in enumerate(kept.layers)}
+            archive.masks = {layer_key(l): layer for l, layer in enumerate(kept.layers)}
         archive.config["tasks"] = len(per_task)
         write_archive(out, archive)
         progress.saved(out, len(per_task))
@@ -327,7 +360,7 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
               "memory_slots": [dataclasses.asdict(s) for s in slots]}
     archive = Archive(memories=memories, config=config, per_task=per_task)
     if cfg.keep_masks:  # one row per learned mask (not per task)
-        archive.masks = {f"layer{l}": np.stack([m[l] for m in masks]) for l in range(len(net.mask_shapes))}
+        archive.masks = {layer_key(l): np.stack([m[l] for m in masks]) for l in range(len(net.mask_shapes))}
     write_archive(out, archive)
     return archive, report
 

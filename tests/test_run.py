@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from cli.main import app
 from supsup_hopfield.archive import read_archive, read_header
-from supsup_hopfield.packed import PackedMasks, mask_sha256
 from supsup_hopfield.errors import UserError
+from supsup_hopfield.packed import PackedMasks, mask_sha256
 from supsup_hopfield.run import RECOVERY_LOAD, RunConfig, choose_memory, memory_slots, slot_pattern, train_run
 from supsup_hopfield.training import TrainConfig
 
@@ -270,3 +270,19 @@ def test_nns_scenario_via_cli(tmp_path):
     r = CliRunner().invoke(app, ["train", "--tasks", "3", "--steps", "200", "--dataset", "permuted-fashion-mnist",
                                  "--model", "lenet", "--device", "cpu", "--out", str(out), "--resume"])
     assert r.exit_code == 2 and "NNs run" in r.output and out.read_bytes() == before
+
+
+def test_saved_run_reads_the_config_train_recorded(small_run):
+    from supsup_hopfield.basenet import BaseNetSpec
+    from supsup_hopfield.run import SavedRun, layer_key, masks_by_layer
+
+    arc = read_archive(small_run, packed_masks=True)
+    saved = SavedRun.from_config(arc.config)
+    assert saved.scenario == "gg" and saved.run.widths == (64, 64) and saved.run.dataset == "split-fashion-mnist"
+    assert list(saved.slots) == memory_slots(saved.run)
+    assert saved.base_network == BaseNetSpec("hopnet", (64, 64), 10, 0)
+    assert [s.name for s in saved.slots] == [layer_key(0), layer_key(1)] == ["layer0", "layer1"]
+    assert [m.mask_shape for m in masks_by_layer(arc.masks)] == [(64,), (64,)]
+    with pytest.raises(UserError, match=r"^x\.h5: its config is not a run's \(KeyError: 'base_network'\); pass an "
+                                        r"archive written by supsup-hf train$"):
+        SavedRun.from_config({"run": arc.config["run"]}, "x.h5")
