@@ -229,8 +229,11 @@ def _check_archive(archive: Archive):
                              f"{ {k: a.shape[0] for k, a in masks.items()} }")
         n_tasks = counts.pop() if counts else 0
     for what in ("per_task", "evaluations"):
-        if not isinstance(getattr(archive, what), list):
-            raise UserError(f"{what}: expected a list of dicts, got {type(getattr(archive, what)).__name__}")
+        value = getattr(archive, what)
+        if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+            got = (f"a list holding {next(type(r).__name__ for r in value if not isinstance(r, dict))}"
+                   if isinstance(value, list) else type(value).__name__)
+            raise UserError(f"{what}: expected a list of dicts, got {got}")
     if not isinstance(archive.config, dict):
         raise UserError(f"config: expected a dict, got {type(archive.config).__name__}")
     return memories, masks, n_tasks

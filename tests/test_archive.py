@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli.main
+import supsup_hopfield
 from supsup_hopfield import archive as A
 from supsup_hopfield.errors import ArchiveError, UserError
 from supsup_hopfield.memory import HopfieldMemory
@@ -83,7 +84,11 @@ def test_round_trip_every_rule_and_dtype(tmp_path):
         probes = pm(rng, 8, m.dim)
         np.testing.assert_array_equal(m.stable(probes), mems[name].stable(probes))
         np.testing.assert_array_equal(m.recall(probes, seed=1), mems[name].recall(probes, seed=1))
-    assert back.versions["supsup-hopfield"] and back.versions["h5py"] == h5py.__version__
+    import importlib.metadata
+    import platform
+    assert back.versions == {"supsup-hopfield": supsup_hopfield.__version__, "python": platform.python_version(),
+                             "numpy": np.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
+                             "torch": importlib.metadata.version("torch")}
 
 
 @pytest.mark.parametrize("shape", [(3, 13), (2, 3, 5), (4, 8), (1, 2, 2, 3), (0, 9), (2, 0), (5, 1)])
@@ -130,15 +135,34 @@ def test_header_and_single_memory(saved, tmp_path):
 
 def test_bad_input_is_refused_before_writing(tmp_path):
     p = tmp_path / "x.h5"
-    bad = [(A.Archive(masks={"a": np.full((2, 3), 2)}), "boolean"),
-           (A.Archive(masks={"a": np.zeros(3, bool)}), "tasks, \\*layer_shape"),
-           (A.Archive(masks={"a": np.zeros((2, 3), bool), "b": np.zeros((3, 3), bool)}), "same number of tasks"),
-           (A.Archive(masks={"a/b": np.zeros((2, 3), bool)}), "without '/'"),
-           (A.Archive(config={"f": open}), "config: value of type builtin_function_or_method"),
-           (A.Archive(memories={"m": object()}), "HopfieldMemory")]
+    two = np.zeros((2, 3), bool)
+    bad = [(A.Archive(masks={"a": np.full((2, 3), 2)}), "masks['a']: expected a boolean (or 0/1) mask, got dtype int64"),
+           (A.Archive(masks={"a": np.zeros(3, bool)}), "masks['a']: expected shape (tasks, *layer_shape), got (3,)"),
+           (A.Archive(masks={"a": two, "b": np.zeros((3, 3), bool)}),
+            "masks: every layer needs the same number of tasks, got {'a': 2, 'b': 3}"),
+           (A.Archive(config={"f": open}), None),
+           (A.Archive(memories={"m": object()}),
+            "memories['m']: expected a HopfieldMemory with square float32/float64 weights, got object"),
+           (A.Archive(memories={"m": HopfieldMemory(4, "storkey")}, per_task="x"),
+            "per_task: expected a list of dicts, got str"),
+           (A.Archive(evaluations=[{}, 3]), "evaluations: expected a list of dicts, got a list holding int"),
+           (A.Archive(config=[1]), "config: expected a dict, got list"),
+           (7, "archive: expected an Archive, got int")]
+    for name in ("", ".", "a/b", "a\0b", 5):
+        bad.append((A.Archive(masks={name: two}), f"masks: layer names must be non-empty strings without '/', "
+                                                  f"got {name!r}"))
+        bad.append((A.Archive(memories={name: HopfieldMemory(4, "storkey")}),
+                    f"memories: layer names must be non-empty strings without '/', got {name!r}"))
     for arc, msg in bad:
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(ValueError) as e:
             A.write_archive(p, arc)
+        assert msg is None or str(e.value) == msg, (str(e.value), msg)
+    assert A.write_archive(p, A.Archive(masks={"a": two})) is None and A.read_header(p).masks == {"a": (2, 3)}
+    p.unlink()
+    square = HopfieldMemory(4, "storkey")
+    square._W = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"^memories\['m'\]: expected a HopfieldMemory with square"):
+        A.write_archive(p, A.Archive(memories={"m": square}))
     with pytest.raises(UserError, match="does not exist"):
         A.write_archive(tmp_path / "no" / "x.h5", A.Archive())
     assert os.listdir(tmp_path) == []
