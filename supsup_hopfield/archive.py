@@ -247,7 +247,7 @@ def write_archive(path, archive: Archive) -> None:
     texts = {k: _to_json(getattr(archive, k), k)  # JSON checked before any file is touched
              for k in ("config", "per_task", "evaluations")}
     texts["versions"] = _to_json(versions, "versions")
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # "." for a bare file name
     if not folder.is_dir():
         raise UserError(f"{path}: folder {folder} does not exist; create it first")
     tmp = folder / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"

@@ -408,6 +408,21 @@ def test_packed_masks_reject_wrong_rows():
         PackedMasks(np.zeros((2, 2), np.int16), (13,))
     with pytest.raises(ValueError, match="padding bits"):
         PackedMasks(np.array([[0, 1]], np.uint8), (13,))  # bit 16 of a 13-bit mask
+    with pytest.raises(ValueError, match=r"^masks: expected shape \(tasks, \*mask_shape\), got \(3,\)$"):
+        PackedMasks.pack(np.zeros(3, bool))
+    with pytest.raises(ValueError, match=r"^masks: expected a boolean \(or 0/1\) mask, got dtype int64$"):
+        PackedMasks.pack(np.full((2, 3), 2))
+
+
+def test_packed_masks_unpack_like_an_array():
+    masks = np.random.default_rng(3).random((4, 3, 5)) < 0.5
+    packed = PackedMasks.pack(masks)
+    assert np.array_equal(np.asarray(packed), masks) and np.array_equal(np.array(packed, copy=True), masks)
+    as_bytes = np.asarray(packed, dtype=np.uint8)
+    assert as_bytes.dtype == np.uint8 and np.array_equal(as_bytes, masks.astype(np.uint8))
+    with pytest.raises(ValueError, match=r"^packed masks: unpacking to bool always copies; call np\.asarray "
+                                         r"without copy=False$"):
+        np.asarray(packed, copy=False)
 
 
 def test_an_archive_written_by_an_earlier_version_still_reads():
