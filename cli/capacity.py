@@ -3,6 +3,7 @@ import json
 
 import click
 
+from cli.paths import OutputFile
 from cli.progress import progress_bar
 
 from supsup_hopfield.capacity import CapacityConfig, format_table, measure_capacity, plot_capacity
@@ -18,7 +19,7 @@ from supsup_hopfield.rules import RULES
               help="Fraction of bits flipped in each recall cue.")
 @click.option("--bias", type=float, default=0.5, show_default=True, help="Probability of +1.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+@click.option("--plot", "plot_path", type=OutputFile(),
               help="Write a PNG plot here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def capacity(dim, rule, max_patterns, step, noise, bias, seed, plot_path, as_json):
@@ -66,7 +67,7 @@ def _rules(ctx, param, value):
               help="Fractions of bits flipped in the cues.")
 @click.option("--recall", "mode", type=click.Choice(["async", "sync", "anneal"]), default="async", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), help="Write a PNG plot here.")
+@click.option("--plot", "plot_path", type=OutputFile(), help="Write a PNG plot here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def basins(dim, rules, loads, noises, mode, seed, plot_path, as_json):
     """Fraction of stored patterns recalled exactly against load, for every rule and cue noise."""

@@ -4,6 +4,7 @@ import json
 
 import click
 
+from cli.paths import OutputFile
 from cli.progress import progress_bar
 
 from supsup_hopfield.evaluation import METHODS
@@ -45,7 +46,7 @@ def _list(kind):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the four IDX files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--plot", type=click.Path(dir_okay=False, writable=True),
+@click.option("--plot", type=OutputFile(),
               help="PNG: accuracy per task, or recovery against stored masks with --memory-rule.")
 def eval_(archive, method, tasks_text, batch_size, recovery, rules, stored, data_dir, device, as_json, plot):
     """Evaluate ARCHIVE's tasks; the result is also recorded in ARCHIVE."""

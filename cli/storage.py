@@ -3,6 +3,8 @@ import json
 
 import click
 
+from cli.paths import OutputFile
+
 from compression import report as rep
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.rules import RULES
@@ -61,7 +63,7 @@ def _masks_from_archive(path, layer):
               help="Learning rule of the Hopfield memories the masks are stored in.")
 @click.option("--layer", default=None, help="ARCHIVE: which layer's masks (needed when it holds several).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--plot", type=OutputFile(), default=None,
               help="Write a PNG of total bytes and Hopfield exactness against number of tasks.")
 def storage_report(archive, synthetic, tasks, shape, density, flips, seed, hopfield_dim, hopfield_rule, layer,
                    as_json, plot):

@@ -3,6 +3,8 @@ import sys
 
 import click
 
+from cli.paths import OutputFile
+
 from supsup_hopfield.basenet import ARCHITECTURES
 from supsup_hopfield.rules import RULES
 from supsup_hopfield.streams import STREAMS
@@ -51,7 +53,7 @@ def _widths(ctx, param, value):
 @click.option("--hopfield-dim", type=int, help="Split long masks into memories of this many entries.")
 @click.option("--keep-masks/--no-keep-masks", default=True, show_default=True,
               help="Keep the explicit (bit-packed) masks beside the memory.")
-@click.option("--out", type=click.Path(dir_okay=False), default="run.h5", show_default=True)
+@click.option("--out", type=OutputFile(), default="run.h5", show_default=True)
 @click.option("--checkpoint-every", type=int, default=10, show_default=True, help="Save every K tasks.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")

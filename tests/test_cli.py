@@ -71,3 +71,19 @@ def test_bugs_keep_their_traceback_and_user_errors_are_one_line(monkeypatch):
                          "--hopfield-dim", "1000000"], "pass a smaller --hopfield-dim")]:
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    missing = tmp_path / "nowhere"
+    for args in (["capacity", "--dim", "64", "--max-patterns", "4", "--plot", f"{missing}/c.png"],
+                 ["basins", "--dim", "64", "--plot", f"{missing}/b.png"],
+                 ["storage-report", "--synthetic", "--tasks", "2", "--shape", "4,4", "--plot", f"{missing}/s.png"],
+                 ["eval", str(tmp_path / "absent.h5"), "--plot", f"{missing}/e.png"],
+                 ["train", "--tasks", "1", "--out", f"{missing}/r.h5"]):
+        r = CliRunner().invoke(app, args)
+        flag = args[-2]
+        assert r.exit_code == 2, (args, r.output)
+        assert f"Invalid value for '{flag}': folder {missing} does not exist; create it first" in r.output
+    r = CliRunner().invoke(app, ["capacity", "--dim", "64", "--max-patterns", "4", "--plot", str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
