@@ -274,11 +274,12 @@ def _nns(net, archive, stream, tasks, method, batch_size, progress):
     if method not in ("oneshot", "binary", "g"):
         raise UserError(f"method: an NNs run has no task ids to give (gg) and keeps its masks "
                         f"explicitly; use `method='oneshot'`, 'binary' or 'g', got {method!r}")
-    n = len(archive.masks["layer0"])
-    masks = [[m[i] for m in masks_by_layer(archive.masks)] for i in range(n)]
+    from supsup_hopfield.packed import PackedMaskBank
+
+    bank = PackedMaskBank(masks_by_layer(archive.masks))  # the archive's rows, one per learned mask
     mapping = [t.get("mask") for t in archive.per_task]
     t0 = time.perf_counter()
-    res = evaluate_nns(net, masks, stream, tasks, mapping, method, batch_size, progress=progress)
+    res = evaluate_nns(net, bank, stream, tasks, mapping, method, batch_size, progress=progress)
     per_batch = (time.perf_counter() - t0) / max(1, sum(r["batches"] for r in res.values()))
     return [{"task": t, "accuracy": r["accuracy"], "task_inference_accuracy": r.get("mapped_fraction"),
              "seconds_per_batch": per_batch} for t, r in sorted(res.items())]

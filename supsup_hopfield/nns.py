@@ -286,17 +286,22 @@ def _report(learner: NNsLearner, n_tasks: int, steps_per_task: int) -> dict:
     }
 
 
-def evaluate_nns(net: BaseNet, masks: Sequence[Sequence[np.ndarray]], stream, tasks: Sequence[int],
+def evaluate_nns(net: BaseNet, masks, stream, tasks: Sequence[int],
                  task_to_mask: Optional[Sequence[int]] = None, method: str = "oneshot",
                  batch_size: int = 128, progress=None) -> Dict[int, dict]:
     """Test accuracy of NNs masks with the mask inferred per batch (`inference.infer_task` over
-    all learned masks, whatever their number). Per task t: accuracy (predictions of the inferred
-    mask; there is no task id to be right or wrong about), inferred ({mask: batches}), batches,
-    and with `task_to_mask` given, mapped_fraction (batches whose inferred mask is t's).
-    `progress(done, total)` is called after every task."""
-    if not masks:
-        raise UserError("masks: expected one or more learned masks, got none; run train_nns first")
-    bank = PackedMaskBank.from_masks(masks)
+    all learned masks, whatever their number). `masks`: a `PackedMaskBank` (row j = learned
+    mask j, e.g. an archive's rows as they are) or per-mask lists of per-layer bool arrays.
+    Per task t: accuracy (predictions of the inferred mask; there is no task id to be right or
+    wrong about), inferred ({mask: batches}), batches, and with `task_to_mask` given,
+    mapped_fraction (batches whose inferred mask is t's). `progress(done, total)` is called
+    after every task."""
+    if not isinstance(masks, PackedMaskBank):
+        masks = list(masks)
+        if not masks:
+            raise UserError("masks: expected one or more learned masks, got none; run train_nns first")
+        masks = PackedMaskBank.from_masks(masks)
+    bank = masks
     tasks = list(tasks)
     results = {}
     for k, t in enumerate(tasks):
@@ -305,7 +310,7 @@ def evaluate_nns(net: BaseNet, masks: Sequence[Sequence[np.ndarray]], stream, ta
         for x, y in stream.task(t).test_batches(batch_size):
             guess = infer_task(net, bank, x, method, stream.n_classes)
             inferred[guess] = inferred.get(guess, 0) + 1
-            correct += int((predict(net, masks[guess], x) == y.to(net.device)).sum())
+            correct += int((predict(net, bank.unpack(guess), x) == y.to(net.device)).sum())
             samples += int(y.shape[0])
         n = sum(inferred.values())
         r = {"accuracy": correct / samples, "inferred": dict(sorted(inferred.items())), "batches": n}

@@ -13,6 +13,7 @@ from supsup_hopfield.basenet import build_basenet
 from supsup_hopfield.data import Dataset, load_dataset
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.nns import NNsConfig, NNsLearner, evaluate_nns, train_nns
+from supsup_hopfield.packed import PackedMaskBank
 from supsup_hopfield.streams import TaskStream
 from supsup_hopfield.training import TrainConfig, train_task
 
@@ -106,6 +107,9 @@ def test_inferred_masks_score_like_the_task_given_ones(run, stream):
                 correct += int((net(x, m).argmax(dim=1) == y).sum())
                 total += len(y)
         assert ours[t]["accuracy"] == correct / total
+    # the same masks handed on bit-packed (as eval takes them from an archive) score the same
+    bank = PackedMaskBank.from_masks(masks)
+    assert evaluate_nns(net, bank, stream, range(TASKS), report["task_to_mask"], batch_size=100) == ours
 
 
 # ----------------------------------------------------------------------------- budget, seeds
