@@ -404,11 +404,21 @@ def stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool):
     return stream, build_basenet(cfg.model, cfg.widths, cfg.outputs, cfg.seed, device=device)
 
 
+def _flat(d, prefix=""):
+    """Nested dicts as {"a.b": value} (other values as they are)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def _check_same_run(path, saved: dict, now: dict):
-    diffs = [k for k in ("run", "base_network", "stream") if saved.get(k) != now.get(k)]
-    if diffs:
-        a, b = saved.get(diffs[0]) or {}, now[diffs[0]]
-        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) if isinstance(a, dict) else []
+    a = _flat({k: saved.get(k) for k in ("run", "base_network", "stream")})
+    b = _flat({k: now.get(k) for k in ("run", "base_network", "stream")})
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if keys:
         detail = ", ".join(f"{k}: archive {a.get(k)!r} vs now {b.get(k)!r}" for k in keys[:3])
-        raise UserError(f"{path} holds a different run ({diffs[0]} differs: {detail}); "
-                        f"resume with the same options, or write to a new `out`")
+        raise UserError(f"{path} holds a different run ({detail}); resume with the same options, or write to "
+                        f"a new `out`")

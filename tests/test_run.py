@@ -223,7 +223,10 @@ def test_errors_are_one_line_and_nothing_is_overwritten(tmp_path):
     r = run("--tasks", "2", *SMALL, "--out", str(out))
     assert r.exit_code == 2 and "--resume" in r.output and "--force" in r.output
     r = run("--tasks", "2", *SMALL, "--seed", "1", "--out", str(out), "--resume")
-    assert r.exit_code == 2 and "different run" in r.output and "seed" in r.output
+    assert r.exit_code == 2 and "different run (base_network.seed: archive 0 vs now 1, run.seed: archive 0 vs " \
+        "now 1, run.train.seed: archive 0 vs now 1)" in r.output
+    r = run("--tasks", "2", *SMALL, "--lr", "0.5", "--out", str(out), "--resume")
+    assert r.exit_code == 2 and "(run.train.lr: archive 0.1 vs now 0.5); resume with the same options" in r.output
     r = run("--tasks", "2", *SMALL, "--memory-rule", "hebbian", "--out", str(out), "--resume")
     assert r.exit_code == 2 and "memory_rule" in r.output
     r = run("--tasks", "2", "--model", "lenet", "--memory-rule", "storkey", "--out", str(out), "--force")
