@@ -223,10 +223,19 @@ def test_not_hdf5_and_not_an_archive(saved, tmp_path):
         A.read_archive(p)
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = 1
-    with pytest.raises(ArchiveError, match="not a supsup-hopfield archive"):
+    with pytest.raises(ArchiveError) as e:
         A.read_header(tmp_path / "other.h5")
+    assert str(e.value) == (f"{tmp_path / 'other.h5'}: not a supsup-hopfield archive (no encoding-type "
+                            f"{A.ARCHIVE_TYPE!r} on the root); pass an archive written by supsup-hf")
     with pytest.raises(ArchiveError, match="no such file"):
         A.read_archive(tmp_path / "missing.h5")
+    with pytest.raises(ArchiveError, match=r"is a folder, not an archive; pass the \.h5 file$"):
+        A.read_archive(tmp_path)
+    A.write_archive(tmp_path / "empty.h5", A.Archive())
+    with pytest.raises(UserError, match=r"holds 0 memories \(none\); name one"):
+        A.load_memory(tmp_path / "empty.h5")
+    with pytest.raises(UserError, match=r"no memory named 'x'; it holds none$"):
+        A.load_memory(tmp_path / "empty.h5", "x")
     (tmp_path / "cut.h5").write_bytes(saved[0].read_bytes()[:5000])
     with pytest.raises(ArchiveError, match="cut.h5: the file is truncated"):
         A.read_archive(tmp_path / "cut.h5")
@@ -237,6 +246,12 @@ def test_newer_schema_and_unknown_encoding(tmp_path, monkeypatch):
     A.write_archive(tmp_path / "new.h5", sample_archive(n=2))
     with pytest.raises(ArchiveError, match=r"schema version 2 is newer than this package reads \(1\); upgrade"):
         A.read_archive(tmp_path / "new.h5")
+    for odd in ("0", "x1", ""):  # older or not a number: not "newer", just unknown
+        monkeypatch.setitem(A._WRITE_VERSION, A.ARCHIVE_TYPE, odd)
+        A.write_archive(tmp_path / "odd.h5", sample_archive(n=2))
+        with pytest.raises(ArchiveError, match=f"unknown archive schema version '{odd}' \\(this package reads 1\\); "
+                                               "upgrade supsup-hopfield or check the file"):
+            A.read_archive(tmp_path / "odd.h5")
     monkeypatch.setitem(A._WRITE_VERSION, A.ARCHIVE_TYPE, "1")
     monkeypatch.setitem(A._WRITE_VERSION, "hopfield-memory", "7")
     A.write_archive(tmp_path / "mem7.h5", sample_archive(n=2))

@@ -176,6 +176,9 @@ def test_bank_rejects_bad_input():
     with pytest.raises(UserError, match=r"packed\[1\]: expected 2 tasks"):
         PackedMaskBank([np.zeros((2, 3), np.uint8), np.zeros((3, 2), np.uint8)], [(3, 7), (13,)])
     bank = PackedMaskBank.from_masks(random_masks(np.random.default_rng(0), 2))
+    with pytest.raises(UserError, match=r"^task: expected a row 0\.\.1 of the mask bank, got 5; pass the index of "
+                                        r"a stored task$"):
+        bank.unpack(5)
     with pytest.raises(UserError, match=r"masks\[1\]: expected shape \(13,\), got \(12,\)"):
         bank.append([np.zeros((3, 7), bool), np.zeros(12, bool), np.zeros((8, 8), bool), np.zeros((5, 33), bool)])
     with pytest.raises(UserError, match="task: expected a row 0..1"):
@@ -330,6 +333,8 @@ def test_binary_inference_keeps_the_better_half_each_round(monkeypatch):
     monkeypatch.setattr(inference, "alpha_gradient", fake_gradient)
     assert infer_task(None, bank, None, "oneshot", n_classes=17) == 0
     assert rounds == [(list(range(7)), "entropy", 17)]
+    rounds.clear()
+    assert infer_task(None, bank, None, "g") == 0 and rounds == [(list(range(7)), "g", 10)]  # 10 classes by default
     rounds.clear()
     # 7 rows -> keep 4 lowest {0,1,2,3} -> keep 2 highest {2,3} -> keep the lowest {2}
     assert infer_task(None, bank, None, "binary-g", n_classes=17) == 2
