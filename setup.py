@@ -7,7 +7,10 @@ setup(
     description="Supermasks in Superposition with the task masks stored in a fixed-size Hopfield memory",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=["supsup_hopfield", "compression", "cli"],
+    # cli/ and compression/ stay top-level folders of the source tree but install inside the
+    # package (supsup_hopfield.cli, supsup_hopfield.compression): no top-level names to clash with
+    packages=["supsup_hopfield", "supsup_hopfield.cli", "supsup_hopfield.compression"],
+    package_dir={"supsup_hopfield.cli": "cli", "supsup_hopfield.compression": "compression"},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
@@ -22,5 +25,5 @@ setup(
         "constriction>=0.3", # ANS entropy coder for the `entropy` and `delta` codecs
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
-    entry_points={"console_scripts": ["supsup-hf=cli.main:main"]},
+    entry_points={"console_scripts": ["supsup-hf=supsup_hopfield.cli.main:main"]},
 )

@@ -1,4 +1,4 @@
 """`python -m cli` runs `supsup-hf`."""
-from cli.main import main
+from supsup_hopfield.cli.main import main
 
 main()

@@ -3,8 +3,8 @@ import json
 
 import click
 
-from cli.paths import OutputFile
-from cli.progress import progress_bar
+from supsup_hopfield.cli.paths import OutputFile
+from supsup_hopfield.cli.progress import progress_bar
 
 from supsup_hopfield.capacity import CapacityConfig, format_table, measure_capacity, plot_capacity
 from supsup_hopfield.rules import RULES

@@ -4,8 +4,8 @@ import json
 
 import click
 
-from cli.paths import OutputFile
-from cli.progress import progress_bar
+from supsup_hopfield.cli.paths import OutputFile
+from supsup_hopfield.cli.progress import progress_bar
 
 from supsup_hopfield.evaluation import METHODS
 from supsup_hopfield.rules import RULES

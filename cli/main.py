@@ -20,12 +20,12 @@ from supsup_hopfield.errors import UserError  # noqa: E402
 
 # name -> (module, command object, the line `supsup-hf --help` shows for it)
 COMMANDS = {
-    "basins": ("cli.capacity", "basins", "Recall from noisy cues, per rule and load."),
-    "capacity": ("cli.capacity", "capacity", "Fixed points and recall of random ±1 patterns."),
-    "eval": ("cli.eval", "eval_", "Accuracy of ARCHIVE's tasks by inference method."),
-    "inspect": ("cli.inspect", "inspect", "What ARCHIVE holds: config, tasks, memories."),
-    "storage-report": ("cli.storage", "storage_report", "Bytes per mask: codecs against the memory."),
-    "train": ("cli.train", "train", "Learn a supermask per task; store it in the memory."),
+    "basins": ("supsup_hopfield.cli.capacity", "basins", "Recall from noisy cues, per rule and load."),
+    "capacity": ("supsup_hopfield.cli.capacity", "capacity", "Fixed points and recall of random ±1 patterns."),
+    "eval": ("supsup_hopfield.cli.eval", "eval_", "Accuracy of ARCHIVE's tasks by inference method."),
+    "inspect": ("supsup_hopfield.cli.inspect", "inspect", "What ARCHIVE holds: config, tasks, memories."),
+    "storage-report": ("supsup_hopfield.cli.storage", "storage_report", "Bytes per mask: codecs against the memory."),
+    "train": ("supsup_hopfield.cli.train", "train", "Learn a supermask per task; store it in the memory."),
 }
 
 

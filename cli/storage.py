@@ -3,9 +3,9 @@ import json
 
 import click
 
-from cli.paths import OutputFile
+from supsup_hopfield.cli.paths import OutputFile
 
-from compression import report as rep
+from supsup_hopfield.compression import report as rep
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.rules import RULES
 

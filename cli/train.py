@@ -3,7 +3,7 @@ import sys
 
 import click
 
-from cli.paths import OutputFile
+from supsup_hopfield.cli.paths import OutputFile
 
 from supsup_hopfield.basenet import ARCHITECTURES
 from supsup_hopfield.rules import RULES

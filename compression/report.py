@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from compression.codecs import CODECS, check_mask, entropy_bits
+from supsup_hopfield.compression.codecs import CODECS, check_mask, entropy_bits
 from supsup_hopfield.errors import UserError, check_fits
 from supsup_hopfield.memory import HopfieldMemory, block_edges
 from supsup_hopfield.rules import theoretical_capacity

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cli.main
+from supsup_hopfield.cli.main import app as cli_app
 import supsup_hopfield
 from supsup_hopfield import archive as A
 from supsup_hopfield.errors import ArchiveError, UserError
@@ -65,7 +65,7 @@ def saved(tmp_path_factory):
 
 
 def invoke(*args):
-    return CliRunner().invoke(cli.main.app, [str(a) for a in args])
+    return CliRunner().invoke(cli_app, [str(a) for a in args])
 
 
 # ----------------------------------------------------------------------------- round trips

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from scipy.integrate import quad
 from scipy.stats import norm
 
-from cli.main import app
+from supsup_hopfield.cli.main import app
 from supsup_hopfield import archive as A
 from supsup_hopfield import dynamics, rules
 from supsup_hopfield.capacity import BasinsConfig, CapacityConfig, measure_basins, measure_capacity

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import app
+from supsup_hopfield.cli.main import app
 from supsup_hopfield.capacity import CapacityConfig, flip_bits, measure_capacity
 
 

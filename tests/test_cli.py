@@ -5,7 +5,7 @@ import sys
 import click
 from click.testing import CliRunner
 
-from cli.main import COMMANDS, app
+from supsup_hopfield.cli.main import COMMANDS, app
 
 
 def test_every_listed_command_loads_under_its_name():
@@ -18,7 +18,7 @@ def test_every_listed_command_loads_under_its_name():
 
 
 def test_help_and_version_import_neither_torch_nor_numba():
-    code = ("import sys\nfrom cli.main import app\n"
+    code = ("import sys\nfrom supsup_hopfield.cli.main import app\n"
             "for args in (['--help'], ['--version']):\n"
             "    try:\n        app.main(args, prog_name='supsup-hf')\n    except SystemExit as e:\n"
             "        assert e.code == 0, e.code\n"
@@ -30,7 +30,7 @@ def test_help_and_version_import_neither_torch_nor_numba():
 
 
 def test_library_parameter_names_become_the_commands_flags():
-    from cli.main import in_flags
+    from supsup_hopfield.cli.main import in_flags
 
     params = app.get_command(None, "train").params
     msg = ("`steps`: expected at least 1; pass `steps=1`, `widths=(300, 100)`, `memory_rule='none'`, "
@@ -54,7 +54,7 @@ def test_bugs_keep_their_traceback_and_user_errors_are_one_line(monkeypatch):
     """A ValueError from a bug (a shape mismatch, say) is not dressed up as a user error."""
     import numpy as np
 
-    import cli.capacity as capacity
+    import supsup_hopfield.cli.capacity as capacity
 
     def broken(cfg, progress=None):
         return np.zeros(3) @ np.zeros(4)

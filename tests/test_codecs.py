@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compression.codecs import CODECS, CSC16_MAX_ROWS, check_mask, codec_of, csc16_nbytes, decode, entropy_bits
+from supsup_hopfield.compression.codecs import CODECS, CSC16_MAX_ROWS, check_mask, codec_of, csc16_nbytes, decode, entropy_bits
 
 SHAPES = [(), (0,), (1,), (7,), (13,), (64,), (0, 5), (5, 0), (3, 7), (9, 13), (30, 78), (2, 3, 5)]
 DENSITIES = [0.0, 1.0, 0.01, 0.5, 0.99]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import app
+from supsup_hopfield.cli.main import app
 from supsup_hopfield.archive import Archive, read_archive, write_archive
 from supsup_hopfield.evaluation import evaluate_run
 

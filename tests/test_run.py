@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import app
+from supsup_hopfield.cli.main import app
 from supsup_hopfield.archive import read_archive, read_header
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.packed import PackedMasks, mask_sha256

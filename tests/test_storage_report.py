@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cli.main
-from compression.codecs import entropy_bits
-from compression.report import format_table, plot_storage, storage_report, synthetic_masks
+from supsup_hopfield.cli.main import app as cli_app
+from supsup_hopfield.compression.codecs import entropy_bits
+from supsup_hopfield.compression.report import format_table, plot_storage, storage_report, synthetic_masks
 
 EXPLICIT = ["csc16", "bitpack", "entropy"]
 ROW_KEYS = {"name", "total_bytes", "bytes_per_task", "bits_per_entry", "ratio_to_entropy", "exact_fraction",
@@ -131,7 +131,7 @@ def test_plot_storage_writes_a_png(tmp_path):
 
 
 def _run(args):
-    return CliRunner().invoke(cli.main.app, ["storage-report", *args])
+    return CliRunner().invoke(cli_app, ["storage-report", *args])
 
 
 def test_cli_json_and_table():
