@@ -87,3 +87,15 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
     r = CliRunner().invoke(app, ["capacity", "--dim", "64", "--max-patterns", "4", "--plot", str(tmp_path)])
     assert r.exit_code == 2 and "is a directory" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_files_that_are_not_archives_get_one_line(tmp_path):
+    empty, text = tmp_path / "empty.h5", tmp_path / "notes.h5"
+    empty.write_bytes(b"")
+    text.write_text("not hdf5\n")
+    for path in (empty, text):
+        for args in (["inspect", str(path)], ["eval", str(path)], ["storage-report", str(path)]):
+            r = CliRunner().invoke(app, args)
+            assert r.exit_code == 2 and r.output.strip() == f"Error: {path}: not an HDF5 file; pass an archive " \
+                                                          "written by supsup-hf", (args, r.output)
+    assert empty.read_bytes() == b"" and text.read_text() == "not hdf5\n"
