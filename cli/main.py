@@ -1,8 +1,9 @@
 """`supsup-hf`: the click group and its error convention.
 
 Every command is a small function over library calls. Errors the user can fix (bad options,
-library `ValueError`s, damaged archives, missing data) end as ONE line on stderr and exit code 2,
-never a traceback. Commands live in sibling modules, imported only when one is run (torch and
+the library's `UserError`s: damaged archives, missing data, sizes that cannot fit) end as ONE
+line on stderr and exit code 2, with the library's Python parameter names written as this
+command's flags; anything else is a bug and keeps its traceback. Commands live in sibling modules, imported only when one is run (torch and
 Numba take seconds to import; `supsup-hf --help` and `--version` need neither).
 """
 import importlib
