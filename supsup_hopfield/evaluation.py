@@ -22,9 +22,8 @@ from supsup_hopfield.run import SavedRun, masks_by_layer, stream_and_net
 METHODS = ("gg", "oneshot", "binary", "g", "hopfield")
 
 
-def _open(path, data_dir, device, tasks):
-    """(path, archive, its stream and net, the task indices to evaluate) of a saved run."""
-    path = Path(path)
+def _read_run(path, tasks):
+    """(archive, its SavedRun, the task indices to evaluate) of a saved run, checked."""
     archive = read_archive(path, packed_masks=True)  # masks stay bit-packed (8x less RAM)
     if "run" not in archive.config or not archive.per_task:
         raise UserError(f"{path}: holds no trained tasks to evaluate; train into it with supsup-hf train")
@@ -33,10 +32,13 @@ def _open(path, data_dir, device, tasks):
     if not chosen or any(not 0 <= t < n for t in chosen):
         raise UserError(f"tasks: expected task indices in 0..{n - 1} (the run's {n} tasks), got "
                         f"{_span(chosen)}; pass e.g. `tasks='0:{n}'`")
-    cfg = SavedRun.from_config(archive.config, str(path)).run
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
-    stream, net = stream_and_net(cfg, n, data_dir, download=False)
-    return path, archive, stream, net, chosen
+    return archive, SavedRun.from_config(archive.config, str(path)), chosen
+
+
+def _rebuild(archive, saved: SavedRun, data_dir, device):
+    """The saved run's stream and base network, on `device`."""
+    cfg = dataclasses.replace(saved.run, train=dataclasses.replace(saved.run.train, device=device))
+    return stream_and_net(cfg, len(archive.per_task), data_dir, download=False)
 
 
 def _span(tasks) -> str:
@@ -78,16 +80,16 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
     if batch_size < 2:
         raise UserError(f"batch size: expected at least 2, got {batch_size}")
     path = Path(path)
-    archive = read_archive(path, packed_masks=True)
-    if method == "hopfield" and "run" in archive.config and not archive.memories:
+    archive, saved, chosen = _read_run(path, tasks)
+    if method == "hopfield" and not archive.memories:
         raise UserError(f"{path}: this run kept no Hopfield memory (`memory_rule='none'`); replay its explicit "
                         f"masks into one with `memory_rule=R` `stored=K`")
-    if method != "hopfield" and "run" in archive.config and not archive.masks:
+    if method != "hopfield" and not archive.masks:
         raise UserError(f"{path}: method {method} needs the explicit masks, and this run was trained "
                         f"with `keep_masks=False`; use `method='hopfield'`")
-    path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
+    stream, net = _rebuild(archive, saved, data_dir, device)
     start = time.perf_counter()
-    if SavedRun.from_config(archive.config).scenario == "nns":
+    if saved.scenario == "nns":
         per_task = _nns(net, archive, stream, chosen, method, batch_size, progress)
     elif method == "gg":
         per_task = _gg(net, archive, stream, chosen, batch_size, progress)
@@ -137,8 +139,9 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
     for rule in rules:
         if rule not in RULES:
             raise UserError(f"memory rule: expected one of {', '.join(RULES)}, got {rule!r}")
-    path, archive, stream, net, chosen = _open(path, data_dir, device, tasks)
-    if SavedRun.from_config(archive.config).scenario == "nns":
+    path = Path(path)
+    archive, saved, chosen = _read_run(path, tasks)
+    if saved.scenario == "nns":
         raise UserError(f"{path}: holds an NNs run, whose masks are not one per task; replay needs a run "
                         f"trained with the task given (`scenario='gg'`)")
     if not archive.masks:
@@ -149,6 +152,7 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
     if not stored or stored[0] < 1 or stored[-1] > n:
         raise UserError(f"stored: expected counts in 1..{n} (the run's explicit masks), got {stored}; "
                         f"pass e.g. `stored=(10, {n})`")
+    stream, net = _rebuild(archive, saved, data_dir, device)
     methods = [recovery] + ([RecoveryConfig.paper(batch_size=recovery.batch_size)] if baseline else [])
     jobs = [(rule, k, rec) for rule in rules for k in stored for rec in methods]
     total = sum(len([t for t in chosen if t < k]) for _, k, _ in jobs)
