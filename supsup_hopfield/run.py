@@ -79,10 +79,14 @@ class RunConfig:
         return MASK_KINDS[self.model]
 
     def layer_sizes(self) -> list[int]:
-        widths = self.widths or DEFAULT_WIDTHS[self.model]
+        """Mask entries per masked layer: units (neuron masks) or weights (weight masks)."""
         if self.mask_kind == "neuron":
-            return list(widths)
-        sizes = [784, *widths, self.outputs]
+            return list(self.widths or DEFAULT_WIDTHS[self.model])
+        return self.weight_counts()
+
+    def weight_counts(self) -> list[int]:
+        """Weights of each layer of the base network."""
+        sizes = [784, *(self.widths or DEFAULT_WIDTHS[self.model]), self.outputs]
         return [a * b for a, b in zip(sizes[:-1], sizes[1:])]
 
     def mask_entries(self) -> int:
@@ -266,7 +270,7 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
         raise UserError(f"{out} exists; pass `resume=True` to continue it or `force=True` to overwrite it")
     if resume and not out.exists():
         raise UserError(f"{out} does not exist, so there is nothing to resume; drop `resume=True`")
-    _check_out(out, resume, force)
+    _check_out(out)
 
     check_run_fits(cfg)
     stream, net = stream_and_net(cfg, tasks, data_dir, download)
@@ -337,7 +341,7 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
         raise UserError(f"tasks: expected at least 1, got {tasks}")
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass `force=True` to overwrite it (NNs runs are not resumable)")
-    _check_out(out, resume=False, force=force)
+    _check_out(out)
     check_run_fits(cfg)
     nns_cfg = NNsConfig(check_every=check_every, budget=budget, train=cfg.train)
     stream, net = stream_and_net(cfg, tasks, data_dir, download)
@@ -365,7 +369,7 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
     return archive, report
 
 
-def _check_out(out: Path, resume: bool, force: bool):
+def _check_out(out: Path):
     """Refuse an `out` that could not be written, before any task trains."""
     if out.is_dir():
         raise UserError(f"{out} is a folder; give a file path for `out`")
@@ -383,9 +387,7 @@ _TRAIN_BYTES_PER_WEIGHT = 17
 
 def check_run_fits(cfg: RunConfig, available: int | None = None):
     """Refuse a run whose memories or network would not fit in RAM, before allocating them."""
-    widths = cfg.widths or DEFAULT_WIDTHS[cfg.model]
-    sizes = [784, *widths, cfg.outputs]
-    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    weights = sum(cfg.weight_counts())
     itemsize = np.dtype(cfg.memory_dtype).itemsize
     memories = sum((s.stop - s.start) ** 2 * itemsize for s in memory_slots(cfg))
     check_fits("this run", {"Hopfield memories": memories, "base network": weights * _TRAIN_BYTES_PER_WEIGHT},
