@@ -62,7 +62,7 @@ def check_mask(mask, name: str = "mask") -> np.ndarray:
     if arr.dtype.kind in "iu" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= 1)):
         return arr.astype(bool)
     raise UserError(f"{name}: expected a bool array (or integers 0/1), got dtype {arr.dtype}"
-                     f" with other values; threshold it first, e.g. scores >= 0")
+                    f" with other values; threshold it first, e.g. scores >= 0")
 
 
 def csc16_nbytes(shape, nnz: int) -> int:
@@ -101,7 +101,7 @@ class Codec:
         # ndim fits its u8: numpy arrays have at most 64 dimensions
         if any(s > 0xFFFFFFFF for s in shape):
             raise UserError(f"{self.name}: expected dimensions of < 2**32 entries, got shape {shape};"
-                             f" reshape the mask")
+                            f" reshape the mask")
         return _HEAD.pack(self.magic, VERSION, len(shape)) + struct.pack(f"<{len(shape)}I", *shape)
 
     def _read_header(self, blob):
@@ -109,7 +109,7 @@ class Codec:
             raise UserError(f"{self.name}: expected a bytes blob, got {type(blob).__name__}")
         if len(blob) < _HEAD.size:
             raise UserError(f"{self.name}: blob truncated: expected at least {_HEAD.size} header bytes,"
-                             f" got {len(blob)}; re-encode the mask")
+                            f" got {len(blob)}; re-encode the mask")
         magic, version, ndim = _HEAD.unpack_from(blob, 0)
         if magic != self.magic:
             other = _BY_MAGIC.get(magic)
@@ -117,11 +117,11 @@ class Codec:
             raise UserError(f"{self.name}: expected magic {self.magic!r}, got {magic!r}; {hint}")
         if version != VERSION:
             raise UserError(f"{self.name}: blob version {version} unsupported (supported: {VERSION});"
-                             f" upgrade supsup-hopfield")
+                            f" upgrade supsup-hopfield")
         end = _HEAD.size + 4 * ndim
         if len(blob) < end:
             raise UserError(f"{self.name}: blob truncated inside its shape header ({len(blob)} of"
-                             f" {end} bytes); re-encode the mask")
+                            f" {end} bytes); re-encode the mask")
         shape = struct.unpack_from(f"<{ndim}I", blob, _HEAD.size)
         return tuple(shape), end
 
@@ -139,7 +139,7 @@ class Csc16(Codec):
         rows, cols = _csc_view(m.shape)
         if rows > CSC16_MAX_ROWS:
             raise UserError(f"csc16: expected at most {CSC16_MAX_ROWS} rows per column, got {rows}"
-                             f" (shape {m.shape}); use bitpack or entropy, or reshape the mask")
+                            f" (shape {m.shape}); use bitpack or entropy, or reshape the mask")
         m2 = m.reshape(rows, cols)
         c_idx, r_idx = np.nonzero(m2.T)  # ordered by column, then row
         if r_idx.size > 0xFFFFFFFF:
@@ -230,11 +230,11 @@ class Delta(Entropy):
     def _check_base(self, base, shape):
         if base is None:
             raise UserError(f"delta: expected a base mask of shape {tuple(shape)}, got none;"
-                             f" pass base= (the mask the delta is taken against)")
+                            f" pass base= (the mask the delta is taken against)")
         b = check_mask(base, "delta base")
         if b.shape != tuple(shape):
             raise UserError(f"delta: expected a base mask of shape {tuple(shape)}, got {b.shape};"
-                             f" pass the base this mask was encoded against")
+                            f" pass the base this mask was encoded against")
         return b
 
     def _body(self, m, base):
@@ -268,7 +268,7 @@ def codec_of(blob) -> str:
     magic = bytes(blob[:4])
     if magic not in _BY_MAGIC:
         raise UserError(f"expected a mask blob starting with one of {sorted(_BY_MAGIC)}, got {magic!r};"
-                         f" this is not a mask blob")
+                        f" this is not a mask blob")
     return _BY_MAGIC[magic].name
 
 

@@ -212,7 +212,7 @@ def _check_archive(archive: Archive):
         w = np.asarray(getattr(mem, "weights", None))
         if w.ndim != 2 or w.shape[0] != w.shape[1] or w.dtype.newbyteorder("<").str not in _WEIGHT_DTYPES:
             raise UserError(f"memories[{name!r}]: expected a HopfieldMemory with square float32/"
-                             f"float64 weights, got {type(mem).__name__}")
+                            f"float64 weights, got {type(mem).__name__}")
         memories[name] = mem
     masks, n_tasks = None, 0
     if archive.masks is not None:
@@ -226,7 +226,7 @@ def _check_archive(archive: Archive):
         counts = {a.shape[0] for a in masks.values()}
         if len(counts) > 1:
             raise UserError(f"masks: every layer needs the same number of tasks, got "
-                             f"{ {k: a.shape[0] for k, a in masks.items()} }")
+                            f"{ {k: a.shape[0] for k, a in masks.items()} }")
         n_tasks = counts.pop() if counts else 0
     for what in ("per_task", "evaluations"):
         value = getattr(archive, what)

@@ -126,7 +126,7 @@ class HopfieldMemory:
         if rule == "margin":
             if patterns is None:
                 raise UserError("patterns: a margin memory needs the patterns it holds; pass them "
-                                 "(e.g. the run's explicit masks)")
+                                "(e.g. the run's explicit masks)")
             Z, _ = check_patterns(np.asarray(patterns).reshape(-1, mem.dim), mem.dim)
             if len(Z) != int(n_stored):
                 raise UserError(f"patterns: expected {n_stored} (n_stored), got {len(Z)}")
@@ -252,7 +252,7 @@ class HopfieldMemory:
             clamp = np.asarray(clamp)
             if clamp.dtype != bool or clamp.shape != (self.dim,):
                 raise UserError(f"clamp: expected a boolean array of shape ({self.dim},), "
-                                 f"got {clamp.dtype} {clamp.shape}")
+                                f"got {clamp.dtype} {clamp.shape}")
         S = S.copy()
         J = self.couplings
         if mode == "sync":

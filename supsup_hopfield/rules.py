@@ -188,7 +188,7 @@ def _incremental(rule: str) -> str:
     learns = _LEARNS_AS.get(rule)
     if learns is None:
         raise UserError(f"rule: expected an incremental rule ({', '.join(r for r in RULES if _LEARNS_AS[r])}), "
-                         f"got {rule!r}; a margin memory learns from all its patterns (learn_margin)")
+                        f"got {rule!r}; a margin memory learns from all its patterns (learn_margin)")
     return learns
 
 
