@@ -3,10 +3,10 @@ import json
 
 import click
 
+from supsup_hopfield.capacity import CapacityConfig, format_table, measure_capacity, plot_capacity
 from supsup_hopfield.cli.paths import OutputFile
 from supsup_hopfield.cli.progress import progress_bar
-
-from supsup_hopfield.capacity import CapacityConfig, format_table, measure_capacity, plot_capacity
+from supsup_hopfield.dynamics import MODES
 from supsup_hopfield.rules import RULES
 
 
@@ -65,7 +65,7 @@ def _rules(ctx, param, value):
               help="Loads n/d at which to measure.")
 @click.option("--noise", "noises", callback=_floats, default="0.05,0.1,0.2", show_default=True,
               help="Fractions of bits flipped in the cues.")
-@click.option("--recall", "mode", type=click.Choice(["async", "sync", "anneal"]), default="async", show_default=True)
+@click.option("--recall", "mode", type=click.Choice(MODES), default="async", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plot", "plot_path", type=OutputFile(), help="Write a PNG plot here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -6,7 +6,6 @@ import click
 
 from supsup_hopfield.cli.paths import OutputFile
 from supsup_hopfield.cli.progress import progress_bar
-
 from supsup_hopfield.evaluation import METHODS
 from supsup_hopfield.rules import RULES
 

@@ -4,7 +4,6 @@ import json
 import click
 
 from supsup_hopfield.cli.paths import OutputFile
-
 from supsup_hopfield.compression import report as rep
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.rules import RULES

@@ -3,9 +3,8 @@ import sys
 
 import click
 
-from supsup_hopfield.cli.paths import OutputFile
-
 from supsup_hopfield.basenet import ARCHITECTURES
+from supsup_hopfield.cli.paths import OutputFile
 from supsup_hopfield.rules import RULES
 from supsup_hopfield.streams import STREAMS
 from supsup_hopfield.training import DEVICES, OPTIMIZERS

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from supsup_hopfield.dynamics import MODES
 from supsup_hopfield.errors import UserError, check_fits
 from supsup_hopfield.memory import HopfieldMemory
 from supsup_hopfield.rules import RULES, flip_bits, theoretical_capacity
@@ -64,9 +65,13 @@ def _check_fits(dim: int, patterns: int):
                "pass a smaller `dim` or fewer patterns")
 
 
+def _check_dim(dim):
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+        raise UserError(f"dim: expected an integer >= 2, got {dim!r}")
+
+
 def _check(cfg: CapacityConfig):
-    if isinstance(cfg.dim, bool) or not isinstance(cfg.dim, int) or cfg.dim < 2:
-        raise UserError(f"dim: expected an integer >= 2, got {cfg.dim!r}")
+    _check_dim(cfg.dim)
     if cfg.max_patterns < 1:
         raise UserError(f"max_patterns: expected >= 1, got {cfg.max_patterns}")
     if cfg.step < 0:
@@ -168,8 +173,7 @@ class BasinsConfig:
     max_sweeps: int = 100
 
     def __post_init__(self):
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 2:
-            raise UserError(f"dim: expected an integer >= 2, got {self.dim!r}")
+        _check_dim(self.dim)
         bad = [r for r in self.rules if r not in RULES]
         if not self.rules or bad:
             raise UserError(f"rules: expected some of {', '.join(RULES)}, got {', '.join(bad) or 'none'}")
@@ -178,8 +182,8 @@ class BasinsConfig:
         if not self.noises or any(not 0 <= x <= 1 for x in self.noises):
             raise UserError(f"noises: expected fractions in [0, 1], got {list(self.noises)}")
         _check_fits(self.dim, max(int(round(a * self.dim)) for a in self.loads))
-        if self.mode not in ("sync", "async", "anneal"):
-            raise UserError(f"mode: expected sync, async or anneal, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise UserError(f"mode: expected {', '.join(MODES)}, got {self.mode!r}")
 
 
 def measure_basins(cfg: BasinsConfig, progress=None) -> dict:

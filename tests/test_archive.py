@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from supsup_hopfield.cli.main import app as cli_app
 import supsup_hopfield
 from supsup_hopfield import archive as A
+from supsup_hopfield.cli.main import app as cli_app
 from supsup_hopfield.errors import ArchiveError, UserError
 from supsup_hopfield.memory import HopfieldMemory
 from supsup_hopfield.packed import PackedMasks, mask_sha256
