@@ -44,9 +44,10 @@ _METHOD_OBJECTIVE = {"oneshot": "entropy", "binary": "entropy", "g": "g", "binar
 
 # --------------------------------------------------------------------------------- inference
 def entropy_objective(logits: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the softmax entropy over all outputs."""
-    logp = torch.log_softmax(logits, dim=1)
-    return -(logp.exp() * logp).sum(dim=1).mean()
+    """Mean over the batch of the softmax entropy over all outputs: logits (B, outputs) give a
+    scalar; (P, B, outputs), a batch under P candidates, give (P,)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1).mean(dim=-1)
 
 
 def g_objective(logits: torch.Tensor, n_classes: int) -> torch.Tensor:

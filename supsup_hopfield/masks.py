@@ -69,6 +69,11 @@ class _Threshold(torch.autograd.Function):
         return grad
 
 
+def threshold(scores: torch.Tensor) -> torch.Tensor:
+    """M = 1[S >= 0] as float, the gradient passed straight through."""
+    return _Threshold.apply(scores)
+
+
 class _TopK(torch.autograd.Function):
     """M = 1 on the k largest entries of `magnitude` (|S|); gradient straight through."""
 
@@ -92,7 +97,7 @@ def _topk_count(numel: int, density: float) -> int:
 def scores_to_masks(scores: Sequence[torch.Tensor], config: MaskConfig) -> List[torch.Tensor]:
     """Float masks (0/1) of the scores, differentiable by the straight-through estimator."""
     if config.rule == "threshold":
-        return [_Threshold.apply(s) for s in scores]
+        return [threshold(s) for s in scores]
     return [_TopK.apply(s.abs(), _topk_count(s.numel(), config.density)) for s in scores]
 
 

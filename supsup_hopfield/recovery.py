@@ -44,6 +44,7 @@ from supsup_hopfield import dynamics
 from supsup_hopfield.basenet import BN_EPS, BaseNet, derive_seed
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.inference import entropy_objective
+from supsup_hopfield.masks import threshold
 from supsup_hopfield.run import MemorySlot, SavedRun, layer_key, masks_by_layer
 
 RECOVERY_TAG = 3  # random-stream tag of recovery (basenet uses 0-2)
@@ -309,8 +310,7 @@ def candidate_entropies(net: BaseNet, x: torch.Tensor, masks: np.ndarray, shapes
                 var = pre.var(dim=1, unbiased=False, keepdim=True)
                 h = F.silu((pre - mean) * torch.rsqrt(var + BN_EPS) * layer[l].unsqueeze(1))
             logits = h @ weights[-1].T  # (P, B, outputs)
-        logp = torch.log_softmax(logits, dim=2)
-        out.append(-(logp.exp() * logp).sum(dim=2).mean(dim=1))  # (P,)
+        out.append(entropy_objective(logits))  # (P,)
     return torch.cat(out).cpu()
 
 
@@ -333,22 +333,15 @@ def _select(net: BaseNet, xs: List[torch.Tensor], masks: np.ndarray, shapes, con
 
 
 # ------------------------------------------------------------------------ the paper's descent
-class _SignST(torch.autograd.Function):
-    """z = 2·1[s >= 0] − 1 as float; backward straight through the threshold (dz/ds = 2)."""
-
-    @staticmethod
-    def forward(ctx, scores):
-        return 2.0 * (scores >= 0).to(scores.dtype) - 1.0
-
-    @staticmethod
-    def backward(ctx, grad):
-        return 2.0 * grad
+def _sign(scores: torch.Tensor) -> torch.Tensor:
+    """z = 2·1[s >= 0] − 1 as float, straight through the threshold (dz/ds = 2)."""
+    return 2.0 * threshold(scores) - 1.0
 
 
 def energy(J: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """E(z) = −½ zᵀJz at z = 2·1[scores >= 0] − 1, differentiable in `scores` by the straight-
     through estimator: ∂E/∂scores = −2Jz (J symmetric), the descent direction +Jz."""
-    z = _SignST.apply(scores)
+    z = _sign(scores)
     return -0.5 * (z @ (J @ z))
 
 
@@ -381,7 +374,7 @@ def _descend(net: BaseNet, layout: _Layout, xs, config: RecoveryConfig, seed: in
     previous, settled = None, 0
     with torch.enable_grad():
         for t in range(1, steps + 1):
-            z = _SignST.apply(scores)  # (entries,) ±1
+            z = _sign(scores)  # (entries,) ±1
             masks = [((z[a:b] + 1.0) / 2.0).reshape(s)
                      for a, b, s in zip(layout.offsets[:-1], layout.offsets[1:], layout.shapes)]
             h = entropy_objective(net(xs[(t - 1) % len(xs)], masks))
