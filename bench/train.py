@@ -85,7 +85,7 @@ def make_step(net, config, task_index=0):
     optimizer = make_optimizer(scores, config)
 
     def step(x, y):
-        train_step(net, scores, optimizer, config.mask_config, x, y)
+        train_step(net, scores, optimizer, config, x, y)
 
     return step
 

@@ -16,7 +16,7 @@ Architectures (`widths` are the hidden widths):
   BatchNorm makes the hidden layers' scale irrelevant, and it keeps the logits' scale moderate.
 
 `BaseNet.forward(x, masks)` takes one mask per masked layer, so one frozen network serves every
-task. Masks may be float (e.g. a superposition sum_i alpha_i M_i for task inference).
+task (or K tasks in one call, masks and batches stacked on a leading axis). Masks may be float (e.g. a superposition sum_i alpha_i M_i for task inference).
 """
 from __future__ import annotations
 
@@ -141,30 +141,45 @@ class BaseNet(nn.Module):
     def device(self) -> torch.device:
         return self.weight0.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight0.dtype
+
     def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """x (B, 784) -> logits (B, outputs). `masks`: one tensor per masked layer (shapes
-        `mask_shapes`), or None for the unmasked network."""
+        `mask_shapes`), or None for the unmasked network.
+
+        K tasks at once: x (K, B, 784) and masks (K, *mask_shape) per layer -> logits (K, B,
+        outputs), each task's batch under its own masks (and, for hopnet, its own BatchNorm
+        statistics): what `training.train_tasks` steps K tasks with."""
         weights = self.weights
         if masks is not None and len(masks) != len(self.mask_shapes):
             raise UserError(f"masks: expected {len(self.mask_shapes)} layer masks for "
                             f"{self.spec.architecture}, got {len(masks)}; pass one mask per masked layer")
-        h = x
         last = len(weights) - 1
         if self.mask_kind == "weight":
+            h = x
             for l, w in enumerate(weights):
                 if masks is not None:
-                    w = w * masks[l]  # (out, in): the supermask selects weights
-                h = F.linear(h, w)
+                    w = w * masks[l]  # (out, in), or (K, out, in): the supermask selects weights
+                h = F.linear(h, w) if w.dim() == 2 else torch.bmm(h, w.transpose(1, 2))
                 if l < last:
                     h = F.relu(h)
             return h
+        # neuron masks: the weights are shared, so K tasks' batches go through ONE product, laid
+        # out (B, K, features) so that (B, K * width) is a view whose columns BatchNorm normalises
+        # task by task, with the K tasks' masks side by side as its scale
+        stacked = x.dim() == 3
+        h = x.transpose(0, 1) if stacked else x
         for l, w in enumerate(weights[:-1]):
-            h = F.linear(h, w)  # (B, width)
+            h = F.linear(h, w)  # (B, width) or (B, K, width)
             # BatchNorm with batch statistics and the neuron mask as its scale (no shift)
-            scale = masks[l] if masks is not None else None
-            h = F.batch_norm(h, None, None, weight=scale, bias=None, training=True, eps=BN_EPS)
+            scale = masks[l].reshape(-1) if masks is not None else None
+            h = F.batch_norm(h.reshape(h.shape[0], -1), None, None, weight=scale, bias=None, training=True,
+                             eps=BN_EPS).view(h.shape)
             h = F.silu(h)
-        return F.linear(h, weights[-1])
+        h = F.linear(h, weights[-1])
+        return h.transpose(0, 1) if stacked else h
 
 
 def build_basenet(architecture: str = "lenet", widths: Optional[Sequence[int]] = None,

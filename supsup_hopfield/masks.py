@@ -75,14 +75,14 @@ def threshold(scores: torch.Tensor) -> torch.Tensor:
 
 
 class _TopK(torch.autograd.Function):
-    """M = 1 on the k largest entries of `magnitude` (|S|); gradient straight through."""
+    """M = 1 on the k largest entries of each row of `magnitude` (|S|, (rows, n)); gradient
+    straight through."""
 
     @staticmethod
     def forward(ctx, magnitude, k):
         out = torch.zeros_like(magnitude)
-        flat = out.view(-1)
         if k > 0:
-            flat[torch.topk(magnitude.reshape(-1), k, sorted=False).indices] = 1.0
+            out.scatter_(1, torch.topk(magnitude, k, dim=1, sorted=False).indices, 1.0)
         return out
 
     @staticmethod
@@ -94,17 +94,24 @@ def _topk_count(numel: int, density: float) -> int:
     return int(round(density * numel))
 
 
-def scores_to_masks(scores: Sequence[torch.Tensor], config: MaskConfig) -> List[torch.Tensor]:
-    """Float masks (0/1) of the scores, differentiable by the straight-through estimator."""
+def scores_to_masks(scores: Sequence[torch.Tensor], config: MaskConfig, stacked: bool = False) -> List[torch.Tensor]:
+    """Float masks (0/1) of the scores, differentiable by the straight-through estimator.
+    `stacked`: every layer's scores hold K tasks along a leading axis (`topk` keeps the fraction
+    `density` of each task's entries)."""
     if config.rule == "threshold":
         return [threshold(s) for s in scores]
-    return [_TopK.apply(s.abs(), _topk_count(s.numel(), config.density)) for s in scores]
+    out = []
+    for s in scores:
+        rows = s.reshape(s.shape[0] if stacked else 1, -1).abs()
+        out.append(_TopK.apply(rows, _topk_count(rows.shape[1], config.density)).view(s.shape))
+    return out
 
 
 @torch.no_grad()
-def binarize(scores: Sequence[torch.Tensor], config: MaskConfig) -> List[np.ndarray]:
-    """The task's final masks: one numpy bool array per masked layer (on the CPU)."""
-    return [m.bool().cpu().numpy() for m in scores_to_masks([s.detach() for s in scores], config)]
+def binarize(scores: Sequence[torch.Tensor], config: MaskConfig, stacked: bool = False) -> List[np.ndarray]:
+    """The task's final masks: one numpy bool array per masked layer (on the CPU); `stacked`:
+    as in `scores_to_masks`, each array then holds the K tasks' masks along its first axis."""
+    return [m.bool().cpu().numpy() for m in scores_to_masks([s.detach() for s in scores], config, stacked)]
 
 
 # ------------------------------------------------------------------------------ initial scores

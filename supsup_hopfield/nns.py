@@ -94,7 +94,7 @@ class _Slot:
 
     def step(self, net: BaseNet, x: torch.Tensor, y: torch.Tensor, train: TrainConfig) -> torch.Tensor:
         self._masks = None
-        return train_step(net, self.scores, self.optimizer, train.mask_config, x, y)
+        return train_step(net, self.scores, self.optimizer, train, x, y)
 
     def confirm(self, train: TrainConfig, step: int) -> None:
         """Remember the slot as it is at `step`: a check found it explains the data it trains on."""

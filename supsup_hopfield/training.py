@@ -36,6 +36,9 @@ from supsup_hopfield.streams import Task
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
+# Lightning's names: float32 throughout, or matrix products in bfloat16 under autocast (scores,
+# their gradients, optimiser state and masks stay float32)
+PRECISIONS = ("32", "bf16-mixed")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class TrainConfig:
     mask: str = "threshold"  # "threshold" (1[S >= 0]) or "topk"
     density: float = 0.5  # topk only
     score_init: str = "kaiming-uniform"  # or "zeros" (all-ones initial mask)
+    precision: str = "32"  # or "bf16-mixed" (PRECISIONS)
 
     def __post_init__(self):
         if int(self.steps) < 1:
@@ -68,6 +72,7 @@ class TrainConfig:
                             "pass non-negative values")
         if self.device not in DEVICES:
             raise UserError(f"device: expected one of {', '.join(DEVICES)}, got {self.device!r}; pick one of those")
+        check_precision(self.precision)
         self.mask_config  # validates mask, density and score_init
 
     @property
@@ -105,9 +110,19 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}; pick one of those")
+
+
+def autocast(device: torch.device, precision: str):
+    """The context a forward pass runs in at `precision` on `device` (CPU or CUDA)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
 def train_task(net: BaseNet, task: Task, config: TrainConfig, task_index: int,
                progress: Optional[Callable[[int, torch.Tensor], None]] = None) -> Tuple[List[np.ndarray], dict]:
-    """Learn the supermask of `task` on the frozen `net`.
+    """Learn the supermask of `task` on the frozen `net`: `train_tasks` with one task.
 
     Returns (masks, info): masks is one numpy bool array per masked layer (`net.mask_shapes`);
     info holds seconds, steps, final_loss (mean of the last 50 steps), density, flip_fraction
@@ -115,55 +130,87 @@ def train_task(net: BaseNet, task: Task, config: TrainConfig, task_index: int,
     called after every step (1-based) when given, with the loss as a 0-dim tensor on the
     device: `float(loss)` waits for the GPU, so a progress bar reads it only when it redraws.
     """
+    return train_tasks(net, [task], config, [task_index],
+                       progress=None if progress is None else lambda step, losses: progress(step, losses[0]))[0]
+
+
+def train_tasks(net: BaseNet, tasks: Sequence[Task], config: TrainConfig, task_indices: Sequence[int],
+                progress: Optional[Callable[[int, torch.Tensor], None]] = None) -> List[Tuple[List[np.ndarray], dict]]:
+    """Learn the supermasks of K tasks together, one batched step for all of them per batch.
+
+    Each task keeps what it would have alone: scores seeded from (seed, its index), its own batch
+    order, its own optimiser state (the optimisers are elementwise, so one optimiser over the
+    K tasks' stacked scores updates each task's entries as its own optimiser would; the summed
+    loss gives each task's scores exactly its own gradient). So a task's mask does not depend on
+    K beyond floating-point rounding. Training runs in `net`'s dtype (float64 after
+    `net.double()`). Returns (masks, info) per task as `train_task` does; `seconds` and
+    `samples_per_s` are the group's, shared out over its K tasks. `progress(step, losses)` gets
+    the K losses (tensor on the device) after every step.
+    """
+    if len(tasks) != len(task_indices) or not tasks:
+        raise UserError(f"tasks: expected one index per task, got {len(tasks)} tasks and {len(task_indices)} "
+                        "indices; pass as many of each (one or more)")
     device = resolve_device(config.device)
     net.to(device)
     mask_config = config.mask_config
+    k, steps = len(tasks), config.steps
     start = time.perf_counter()
 
-    # 1. fresh scores for this task, from (seed, task)
-    scores = init_scores(net, mask_config, config.seed, task_index, device=device)
-    initial = binarize(scores, mask_config)
+    # 1. fresh scores of every task, from (seed, task), stacked layer by layer: (K, *mask shape)
+    seeded = [init_scores(net, mask_config, config.seed, i, device=device) for i in task_indices]
+    scores = [torch.stack([s[l].detach() for s in seeded]).to(net.dtype).requires_grad_(True)
+              for l in range(len(net.mask_shapes))]
+    initial = binarize(scores, mask_config, stacked=True)
     optimizer = make_optimizer(scores, config)
 
-    # 2. the batch order, from (seed, task), drawn on the data's device
-    generator = torch.Generator(device=task.device).manual_seed(derive_seed(config.seed, BATCH_TAG, task_index))
-    batches = islice(task.batches(config.batch_size, generator), config.steps)
+    # 2. each task's batch order, from (seed, task), drawn on the data's device
+    streams = [islice(task.batches(config.batch_size, torch.Generator(device=task.device).manual_seed(
+        derive_seed(config.seed, BATCH_TAG, i))), steps) for task, i in zip(tasks, task_indices)]
 
     # 3. straight-through training of the scores only
-    losses = torch.zeros(config.steps, device=device)
-    for step, (x, y) in enumerate(batches):
-        if x.device != device:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = train_step(net, scores, optimizer, mask_config, x, y)
-        losses[step] = loss
+    losses = torch.zeros(steps, k, device=device, dtype=net.dtype)
+    for step, batches in enumerate(zip(*streams)):
+        x = torch.stack([b[0] for b in batches]).to(device, net.dtype, non_blocking=True)  # (K, B, 784)
+        y = torch.stack([b[1] for b in batches]).to(device, non_blocking=True)  # (K, B)
+        losses[step] = train_step(net, scores, optimizer, config, x, y)
         if progress is not None:
-            progress(step + 1, loss)
+            progress(step + 1, losses[step])
 
     # 4. export
-    masks = binarize(scores, mask_config)
-    seconds = time.perf_counter() - start
-    tail = losses[max(0, config.steps - 50):]
-    info = {
-        "task": int(task_index),
-        "steps": int(config.steps),
-        "seconds": seconds,
-        "samples_per_s": config.steps * config.batch_size / seconds,
-        "final_loss": float(tail.mean()),
-        "density": density(masks),
-        "flip_fraction": flip_fraction(masks, initial),
-    }
-    return masks, info
+    masks = binarize(scores, mask_config, stacked=True)
+    seconds = (time.perf_counter() - start) / k
+    tail = losses[max(0, steps - 50):].mean(0).tolist()
+    out = []
+    for t, i in enumerate(task_indices):
+        task_masks, task_initial = [m[t] for m in masks], [m[t] for m in initial]
+        out.append((task_masks, {
+            "task": int(i),
+            "steps": int(steps),
+            "seconds": seconds,
+            "samples_per_s": steps * config.batch_size / seconds,
+            "final_loss": tail[t],
+            "density": density(task_masks),
+            "flip_fraction": flip_fraction(task_masks, task_initial),
+        }))
+    return out
 
 
-def train_step(net: BaseNet, scores, optimizer, mask_config: MaskConfig, x: torch.Tensor,
+def train_step(net: BaseNet, scores, optimizer, config: TrainConfig, x: torch.Tensor,
                y: torch.Tensor) -> torch.Tensor:
     """One straight-through step on the batch (x, y): cross-entropy of `net` under the masks of
-    `scores`, and the scores updated. Returns the loss, detached, on the device (reading it
-    would make the step wait for the GPU). Training, NNs and the benchmark all step this way."""
-    logits = net(x, scores_to_masks(scores, mask_config))  # (B, outputs)
-    loss = F.cross_entropy(logits, y)
+    `scores`, and the scores updated, the forward pass at `config.precision`. With one task's
+    scores x is (B, 784) and the loss a 0-dim tensor; with K tasks' scores stacked (K, ...), x is
+    (K, B, 784), y (K, B), and the K losses come back. The loss is detached, on the device
+    (reading it would make the step wait for the GPU). Training, NNs and the benchmark all step
+    this way."""
+    with autocast(x.device, config.precision):
+        logits = net(x, scores_to_masks(scores, config.mask_config, stacked=x.dim() == 3))  # (..., B, outputs)
+    if logits.dtype == torch.bfloat16:
+        logits = logits.float()  # the loss in float32 (float64 stays float64)
+    per_sample = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+    loss = per_sample.view(y.shape).mean(-1)  # per task
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.sum().backward()
     optimizer.step()
     return loss.detach()
 
@@ -171,16 +218,18 @@ def train_step(net: BaseNet, scores, optimizer, mask_config: MaskConfig, x: torc
 @torch.no_grad()
 def predict(net: BaseNet, masks: Sequence, x: torch.Tensor) -> torch.Tensor:
     """Class predictions (argmax over all outputs, superfluous ones included) of `net` under one
-    task's `masks` (numpy bool arrays or tensors) for the batch x."""
-    return net(x.to(net.device), masks_to_tensors(masks, device=net.device)).argmax(dim=1)
+    task's `masks` (numpy bool arrays or tensors) for the batch x. Runs at the precision of the
+    caller's `autocast` context, if any."""
+    return net(x.to(net.device, net.dtype), masks_to_tensors(masks, device=net.device, dtype=net.dtype)).argmax(dim=1)
 
 
 @torch.no_grad()
 def evaluate(net: BaseNet, masks: Sequence, task: Task, batch_size: int = 1000) -> float:
-    """Test accuracy of `net` under `masks` on `task`, with the task given (GG). hopnet's
-    BatchNorm uses the statistics of each test batch, so `batch_size` matters there."""
+    """Test accuracy of `net` under `masks` on `task`, with the task given (GG), at the
+    precision of the caller's `autocast` context, if any. hopnet's BatchNorm uses the statistics
+    of each test batch, so `batch_size` matters there."""
     check_masks(net, masks)
-    mask_tensors = masks_to_tensors(masks, device=net.device)
+    mask_tensors = masks_to_tensors(masks, device=net.device, dtype=net.dtype)
     correct = total = 0
     for x, y in task.test_batches(batch_size):
         correct += int((predict(net, mask_tensors, x) == y.to(net.device)).sum())

@@ -161,3 +161,33 @@ def test_bad_mask_configs():
         MaskConfig("random")
     with pytest.raises(UserError, match=r"expected a fraction in \(0, 1\], got 1.5"):
         MaskConfig("topk", density=1.5)
+
+
+@pytest.mark.parametrize("arch", ["lenet", "hopnet"])
+def test_k_tasks_in_one_forward_equal_k_forwards(arch):
+    """x (K, B, 784) with masks stacked (K, ...) gives each task's logits as its own forward
+    does, BatchNorm statistics per task included (hopnet)."""
+    net = build_basenet(arch, widths=(40, 30), outputs=10, seed=3).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, 784, generator=g, dtype=torch.float64)
+    masks = [torch.rand(3, *shape, generator=g, dtype=torch.float64) for shape in net.mask_shapes]
+    together = net(x, masks)
+    assert together.shape == (3, 16, 10)
+    for k in range(3):
+        alone = net(x[k], [m[k] for m in masks])
+        torch.testing.assert_close(together[k], alone, rtol=1e-12, atol=1e-12)
+    # a task's rows do not leak into another's BatchNorm statistics: change task 2's batch only
+    x2 = x.clone()
+    x2[2] *= 3.0
+    torch.testing.assert_close(net(x2, masks)[:2], together[:2], rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_topk_keeps_the_density_of_each_task():
+    cfg = MaskConfig("topk", density=0.25)
+    scores = [torch.randn(4, 20, 10, requires_grad=True)]
+    (m,) = scores_to_masks(scores, cfg, stacked=True)
+    assert m.shape == (4, 20, 10) and m.view(4, -1).sum(1).tolist() == [50.0] * 4
+    for k in range(4):  # each task's mask is the one its scores give alone
+        assert torch.equal(m[k], scores_to_masks([scores[0][k]], cfg)[0])
+    (m * torch.arange(800.0).view(4, 20, 10)).sum().backward()  # straight through |S|
+    torch.testing.assert_close(scores[0].grad, torch.arange(800.0).view(4, 20, 10) * scores[0].detach().sign())

@@ -11,7 +11,9 @@ from supsup_hopfield.data import Dataset, load_dataset
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.masks import initial_mask
 from supsup_hopfield.streams import TaskStream
-from supsup_hopfield.training import TrainConfig, evaluate, resolve_device, train_task
+from supsup_hopfield.training import (TrainConfig, autocast, evaluate, make_optimizer, resolve_device, train_step,
+                                      train_task, train_tasks)
+from supsup_hopfield.masks import init_scores
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -95,3 +97,73 @@ def test_config_defaults_and_validation():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="pass `device='cpu'` or 'auto'"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("arch, stream, overrides", [
+    ("lenet", "permuted-fashion-mnist", dict(optimizer="rmsprop", lr=1e-3)),
+    ("lenet", "permuted-fashion-mnist", dict(optimizer="adam", lr=1e-3, mask="topk", density=0.3)),
+    ("hopnet", "split-fashion-mnist", dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)),
+])
+def test_tasks_learned_together_get_the_masks_they_get_alone_in_float64(small, arch, stream, overrides):
+    """K tasks in one batched step: each keeps its seed, batches and optimiser state, so in
+    float64 its mask is the one train_task learns for it alone, bit for bit."""
+    net = build_basenet(arch, widths=(60, 40), outputs=10, seed=2).double()
+    s = TaskStream(stream, small, seed=1)
+    config = TrainConfig(steps=25, batch_size=32, device="cpu", **overrides)
+    indices = [2, 0, 4]
+    together = train_tasks(net, [s.task(i) for i in indices], config, indices)
+    for i, (masks, info) in zip(indices, together):
+        alone, alone_info = train_task(net, s.task(i), config, task_index=i)
+        assert all(np.array_equal(a, b) for a, b in zip(masks, alone)), i
+        assert info["task"] == i and info["flip_fraction"] == alone_info["flip_fraction"]
+        assert info["final_loss"] == pytest.approx(alone_info["final_loss"], rel=1e-9)
+
+
+def test_tasks_learned_together_in_float32_agree_within_noise(small):
+    net = build_basenet("lenet", widths=(100, 50), outputs=10, seed=0)
+    s = TaskStream("permuted-fashion-mnist", small, seed=0)
+    config = TrainConfig(steps=60, batch_size=64, lr=1e-3, device="cpu")
+    calls = []
+    together = train_tasks(net, [s.task(i) for i in range(4)], config, range(4),
+                           progress=lambda step, losses: calls.append((step, losses.shape)))
+    assert calls == [(step, (4,)) for step in range(1, 61)]
+    for i, (masks, _) in enumerate(together):
+        alone, _ = train_task(net, s.task(i), config, task_index=i)
+        same = sum(int((a == b).sum()) for a, b in zip(masks, alone)) / sum(a.size for a in alone)
+        assert same > 0.99, (i, same)
+        assert abs(evaluate(net, masks, s.task(i)) - evaluate(net, alone, s.task(i))) <= 0.02
+
+
+def test_train_tasks_checks_its_arguments(small):
+    net = build_basenet("lenet", widths=(20, 10), outputs=10, seed=0)
+    task = TaskStream("permuted-fashion-mnist", small).task(0)
+    with pytest.raises(UserError, match="one index per task"):
+        train_tasks(net, [task, task], TrainConfig(steps=1, device="cpu"), [0])
+    with pytest.raises(UserError, match="one index per task"):
+        train_tasks(net, [], TrainConfig(steps=1, device="cpu"), [])
+
+
+def test_bf16_mixed_step_keeps_scores_gradients_and_optimiser_state_in_float32(small):
+    net = build_basenet("hopnet", widths=(64, 64), outputs=10, seed=0)
+    task = TaskStream("split-fashion-mnist", small).task(0)
+    config = TrainConfig.for_architecture("hopnet", steps=5, batch_size=64, device="cpu", precision="bf16-mixed")
+    scores = init_scores(net, config.mask_config, 0, 0)
+    optimizer = make_optimizer(scores, config)
+    x, y = next(task.batches(64, torch.Generator().manual_seed(0)))
+    loss = train_step(net, scores, optimizer, config, x, y)
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and torch.isfinite(loss)
+    assert all(s.dtype == s.grad.dtype == torch.float32 for s in scores)
+    assert all(v.dtype == torch.float32 for state in optimizer.state.values() for v in state.values()
+               if torch.is_tensor(v) and v.dim() > 0)
+    with autocast(net.device, "bf16-mixed"):  # the forward really runs in bfloat16
+        assert net(x, scores).dtype == torch.bfloat16
+    with autocast(net.device, "32"):
+        assert net(x, scores).dtype == torch.float32
+    accuracy = {}
+    for precision in ("32", "bf16-mixed"):
+        masks, _ = train_task(net, task, replace(config, steps=40, precision=precision), task_index=0)
+        with autocast(net.device, precision):
+            accuracy[precision] = evaluate(net, masks, task, batch_size=100)
+    assert accuracy["bf16-mixed"] > 0.75 and abs(accuracy["bf16-mixed"] - accuracy["32"]) < 0.05, accuracy
+    with pytest.raises(UserError, match="precision: expected one of 32, bf16-mixed, got 'fp16'"):
+        TrainConfig(precision="fp16")
