@@ -162,6 +162,8 @@ class BaseNet(nn.Module):
             for l, w in enumerate(weights):
                 if masks is not None:
                     w = w * masks[l]  # (out, in), or (K, out, in): the supermask selects weights
+                if w.dim() == 3 and w.shape[0] == 1:
+                    w = w[0]  # one task: the plain product is faster than a batch of one
                 h = F.linear(h, w) if w.dim() == 2 else torch.bmm(h, w.transpose(1, 2))
                 if l < last:
                     h = F.relu(h)
@@ -170,16 +172,17 @@ class BaseNet(nn.Module):
         # out (B, K, features) so that (B, K * width) is a view whose columns BatchNorm normalises
         # task by task, with the K tasks' masks side by side as its scale
         stacked = x.dim() == 3
-        h = x.transpose(0, 1) if stacked else x
+        k, b = (x.shape[0], x.shape[1]) if stacked else (1, x.shape[0])
+        h = x.transpose(0, 1).reshape(b * k, -1) if stacked else x  # rows: sample 0 of each task, ...
         for l, w in enumerate(weights[:-1]):
-            h = F.linear(h, w)  # (B, width) or (B, K, width)
+            h = F.linear(h, w)  # (B * K, width)
             # BatchNorm with batch statistics and the neuron mask as its scale (no shift)
             scale = masks[l].reshape(-1) if masks is not None else None
-            h = F.batch_norm(h.reshape(h.shape[0], -1), None, None, weight=scale, bias=None, training=True,
-                             eps=BN_EPS).view(h.shape)
+            h = F.batch_norm(h.view(b, -1), None, None, weight=scale, bias=None, training=True,
+                             eps=BN_EPS).view(b * k, -1)
             h = F.silu(h)
         h = F.linear(h, weights[-1])
-        return h.transpose(0, 1) if stacked else h
+        return h.view(b, k, -1).transpose(0, 1) if stacked else h
 
 
 def build_basenet(architecture: str = "lenet", widths: Optional[Sequence[int]] = None,
