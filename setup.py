@@ -24,6 +24,9 @@ setup(
         "matplotlib>=3.6",   # PNG plots
         "constriction>=0.3", # ANS entropy coder for the `entropy` and `delta` codecs
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6"],
+        "ray": ["ray>=2.9"],  # `train --executor ray`: tasks on Ray workers, here or on a cluster
+    },
     entry_points={"console_scripts": ["supsup-hf=supsup_hopfield.cli.main:main"]},
 )

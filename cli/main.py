@@ -7,16 +7,12 @@ command's flags; anything else is a bug and keeps its traceback. Commands live i
 Numba take seconds to import; `supsup-hf --help` and `--version` need neither).
 """
 import importlib
-import os
 import re
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: torch and Numba share the cores in one process.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import click
 
-import click  # noqa: E402
-
-from supsup_hopfield.errors import UserError  # noqa: E402
+from supsup_hopfield.errors import UserError
 
 
 # name -> (module, command object, the line `supsup-hf --help` shows for it)

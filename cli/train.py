@@ -7,7 +7,7 @@ from supsup_hopfield.basenet import ARCHITECTURES
 from supsup_hopfield.cli.paths import OutputFile
 from supsup_hopfield.rules import RULES
 from supsup_hopfield.streams import STREAMS
-from supsup_hopfield.training import DEVICES, OPTIMIZERS
+from supsup_hopfield.training import DEVICES, OPTIMIZERS, PRECISIONS
 
 def _widths(ctx, param, value):
     if value is None:
@@ -44,6 +44,19 @@ def _widths(ctx, param, value):
 @click.option("--density", type=float, help="topk: fraction of entries kept [0.5].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="32", show_default=True,
+              help="bf16-mixed: matrix products in bfloat16 (autocast); scores, optimiser state and "
+                   "masks stay float32. Recorded in --out (resume with the same).")
+@click.option("--parallel-tasks", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Learn K consecutive tasks together in one batched step (same masks as K = 1, up "
+                   "to rounding).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: learn tasks on Ray workers (pip install 'supsup-hopfield[ray]').")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="ray: task groups learned at once.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads per worker [torch's default].")
+@click.option("--ray-address", help="ray: join this existing cluster (e.g. ray://head:10001 or auto) "
+                                    "instead of starting a private local Ray on 127.0.0.1.")
 @click.option("--memory-rule", type=click.Choice(["auto", *RULES, "none"]), default="auto", show_default=True,
               help="auto: the rule and layout whose memory holds --tasks masks and gives them back "
                    "(projection-zd while the load allows it, measured), or a clear refusal.")
@@ -59,12 +72,19 @@ def _widths(ctx, param, value):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the four IDX files.")
 @click.option("--download", is_flag=True, help="Download MNIST into --data-dir (needs internet).")
 @click.pass_context
-def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, outputs, seed, device, memory_rule,
-          memory_layout, hopfield_dim, keep_masks, out, checkpoint_every, resume, force, data_dir, download,
-          **train_opts):
+def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, outputs, seed, device, precision,
+          parallel_tasks, executor, workers, threads, ray_address, memory_rule, memory_layout, hopfield_dim,
+          keep_masks, out, checkpoint_every, resume, force, data_dir, download, **train_opts):
     """Learn --tasks supermasks one after another; store them in the memory and --out."""
+    import torch
+
     from supsup_hopfield.run import RunConfig, choose_memory, train_run
     from supsup_hopfield.training import TrainConfig
+
+    if executor == "local" and (ray_address or workers > 1):
+        raise click.UsageError("--workers and --ray-address are for --executor ray; add --executor ray")
+    if threads and executor == "local":
+        torch.set_num_threads(threads)
 
     if resume and memory_rule == "auto":  # the run's own memory, whatever auto would pick now
         memory_rule, memory_layout = _saved_memory(out, memory_layout)
@@ -74,7 +94,7 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
         if note:
             click.echo(f"note: {note}", err=True)
     given = {k: v for k, v in train_opts.items() if v is not None}
-    train_cfg = TrainConfig.for_architecture(model, seed=seed, device=device, **given)
+    train_cfg = TrainConfig.for_architecture(model, seed=seed, device=device, precision=precision, **given)
     cfg = RunConfig(dataset=dataset, model=model, widths=widths, outputs=outputs, seed=seed,
                     memory_rule=memory_rule, memory_layout=memory_layout, hopfield_dim=hopfield_dim,
                     keep_masks=keep_masks, train=train_cfg)
@@ -85,8 +105,10 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
         return
     bar = _Bar()
     try:
-        archive = train_run(cfg, tasks, out, resume=resume, force=force, checkpoint_every=checkpoint_every,
-                            data_dir=data_dir, download=download, progress=bar)
+        with _executor(executor, workers, threads, ray_address) as runner:
+            archive = train_run(cfg, tasks, out, resume=resume, force=force, checkpoint_every=checkpoint_every,
+                                data_dir=data_dir, download=download, progress=bar, parallel_tasks=parallel_tasks,
+                                executor=runner)
     except KeyboardInterrupt:
         bar.close()
         click.echo(f"interrupted: {bar.finished} finished tasks are saved in {out}; "
@@ -94,6 +116,16 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
         ctx.exit(130)
     bar.close()
     click.echo(summary(archive, out))
+
+
+def _executor(kind, workers, threads, address):
+    import contextlib
+
+    if kind == "local":
+        return contextlib.nullcontext()
+    from supsup_hopfield.executors import RayExecutor
+
+    return RayExecutor(workers=workers, threads=threads or 1, address=address)
 
 
 def _saved_memory(out, layout):
@@ -165,14 +197,20 @@ class _Bar:
         self.bar = tqdm(total=(total - done) * steps, unit="step", dynamic_ncols=True, disable=None,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}{postfix}]")
 
-    def step(self, task, step, loss):
-        self.bar.update(1)
+    def step(self, tasks, step, losses):
+        self.bar.update(len(tasks))
         if step % 25 == 0 or step == self.steps:
-            self.bar.set_description(f"task {task + 1}/{self.total}", refresh=False)
-            self.bar.set_postfix_str(f"loss {float(loss):.3f}, {self._rate()}", refresh=False)
+            which = f"task {tasks[0] + 1}" if len(tasks) == 1 else f"tasks {tasks[0] + 1}-{tasks[-1] + 1}"
+            self.bar.set_description(f"{which}/{self.total}", refresh=False)
+            self.bar.set_postfix_str(f"loss {float(losses.mean()):.3f}, {self._rate()}", refresh=False)
 
     def task_done(self, record):
         self.finished += 1
+        behind = (self.finished - self.done0) * self.steps - self.bar.n  # tasks learned elsewhere: no steps seen
+        if behind > 0:
+            self.bar.update(behind)
+            self.bar.set_description(f"task {self.finished}/{self.total}", refresh=False)
+            self.bar.set_postfix_str(self._rate(), refresh=False)
         self.bar.write(f"task {record['task']}: accuracy {record['accuracy']:.4f} "
                        f"({record['seconds']:.1f} s, {record['flip_fraction']:.1%} of mask flipped)",
                        file=sys.stderr)

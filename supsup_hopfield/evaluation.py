@@ -18,6 +18,7 @@ import numpy as np
 from supsup_hopfield.archive import read_archive, write_archive
 from supsup_hopfield.errors import UserError
 from supsup_hopfield.run import SavedRun, masks_by_layer, stream_and_net
+from supsup_hopfield.training import autocast, check_precision
 
 METHODS = ("gg", "oneshot", "binary", "g", "hopfield")
 
@@ -66,10 +67,11 @@ def parse_tasks(text: str, n: int | None = None) -> range:
 
 def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, data_dir=None,
                  device: str = "auto", record: bool = True, tasks=None, recovery=None,
-                 progress=None) -> dict:
+                 progress=None, precision: str = "32") -> dict:
     """Evaluate the run in archive `path` with `method` on `tasks` (default every finished task).
     batch_size None: 128 (inference, gg), or the recovery's own default (hopfield). `recovery`:
-    a RecoveryConfig for the hopfield method. `progress(done, total)` after every task."""
+    a RecoveryConfig for the hopfield method. `progress(done, total)` after every task. The
+    network's forward passes run at `precision` ("32" or "bf16-mixed")."""
     from supsup_hopfield.recovery import RecoveryConfig
 
     if method not in METHODS:
@@ -79,6 +81,7 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
         batch_size = recovery.batch_size if method == "hopfield" else 128
     if batch_size < 2:
         raise UserError(f"batch size: expected at least 2, got {batch_size}")
+    check_precision(precision)
     path = Path(path)
     archive, saved, chosen = _read_run(path, tasks)
     if method == "hopfield" and not archive.memories:
@@ -89,19 +92,21 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
                         f"with `keep_masks=False`; use `method='hopfield'`")
     stream, net = _rebuild(archive, saved, data_dir, device)
     start = time.perf_counter()
-    if saved.scenario == "nns":
-        per_task = _nns(net, archive, stream, chosen, method, batch_size, progress)
-    elif method == "gg":
-        per_task = _gg(net, archive, stream, chosen, batch_size, progress)
-    elif method == "hopfield":
-        per_task = _hopfield(net, archive, stream, chosen, dataclasses.replace(recovery, batch_size=batch_size),
-                             progress)
-    else:
-        per_task = _inferred(net, archive, stream, chosen, method, batch_size, progress)
+    with autocast(net.device, precision):
+        if saved.scenario == "nns":
+            per_task = _nns(net, archive, stream, chosen, method, batch_size, progress)
+        elif method == "gg":
+            per_task = _gg(net, archive, stream, chosen, batch_size, progress)
+        elif method == "hopfield":
+            per_task = _hopfield(net, archive, stream, chosen, dataclasses.replace(recovery, batch_size=batch_size),
+                                 progress)
+        else:
+            per_task = _inferred(net, archive, stream, chosen, method, batch_size, progress)
     found = [t["task_inference_accuracy"] for t in per_task if t["task_inference_accuracy"] is not None]
     result = {
         "method": method,
         "batch_size": batch_size,
+        "precision": precision,
         "tasks": len(chosen),
         "mean_accuracy": float(np.mean([t["accuracy"] for t in per_task])),
         "task_inference_accuracy": float(np.mean(found)) if found else None,
@@ -119,7 +124,7 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
 
 def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = None, data_dir=None,
                     device: str = "auto", recovery=None, baseline: bool = True, record: bool = True,
-                    progress=None) -> dict:
+                    progress=None, precision: str = "32") -> dict:
     """Memory replay: for every rule in `rules` and count k in `stored`, rebuild the run's memory
     from its first k explicit masks under that rule (`run.replay_memories`, no retraining) and
     recover tasks from it: those of `tasks` below k (default all k). With `baseline`, the
@@ -127,7 +132,7 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
 
     Returns {"method": "hopfield-replay", "rows": [one per (rule, k, recovery): rule, stored,
     recovery, tasks, exact_fraction, mean_accuracy, mean_gg_accuracy, seconds_per_task,
-    per_task]}, also recorded in the archive."""
+    per_task]}, also recorded in the archive. Forward passes run at `precision`."""
     from supsup_hopfield.recovery import RecoveryConfig, evaluate_recovery
     from supsup_hopfield.rules import RULES
     from supsup_hopfield.run import replay_memories
@@ -135,6 +140,7 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
     recovery = RecoveryConfig() if recovery is None else recovery
     if batch_size is not None:
         recovery = dataclasses.replace(recovery, batch_size=batch_size)
+    check_precision(precision)
     rules = list(rules)
     for rule in rules:
         if rule not in RULES:
@@ -171,7 +177,9 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
             if progress is not None:
                 progress(base + i, total)
 
-        records = evaluate_recovery(net, archive, stream, subset, rec, memories=memories, progress=step, gg_cache=gg)
+        with autocast(net.device, precision):
+            records = evaluate_recovery(net, archive, stream, subset, rec, memories=memories, progress=step,
+                                        gg_cache=gg)
         done += len(subset)
         exact = [r["hamming"] is not None and not any(r["hamming"]) for r in records]
         rows.append({"rule": rule, "stored": k, "recovery": "paper" if rec.method == "descent" else rec.method,
@@ -180,8 +188,8 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
                      "mean_gg_accuracy": float(np.mean([r["gg_accuracy"] for r in records])),
                      "seconds_per_task": float(np.mean([r["seconds"] for r in records])),
                      "per_task": records})
-    result = {"method": "hopfield-replay", "batch_size": recovery.batch_size, "recovery": recovery.to_dict(),
-              "rows": rows}
+    result = {"method": "hopfield-replay", "batch_size": recovery.batch_size, "precision": precision,
+              "recovery": recovery.to_dict(), "rows": rows}
     if record:
         archive.evaluations.append(result)
         write_archive(path, archive)

@@ -17,6 +17,7 @@ model keeps explicit masks only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from supsup_hopfield.memory import HopfieldMemory, block_edges
 from supsup_hopfield.packed import PackedMaskBank, PackedMasks, mask_sha256
 from supsup_hopfield.rules import RULES
 from supsup_hopfield.streams import make_stream
-from supsup_hopfield.training import TrainConfig, evaluate, resolve_device, train_task
+from supsup_hopfield.training import TrainConfig, autocast, evaluate, resolve_device, train_tasks
 
 LAYOUTS = ("per-layer", "joint")
 # Masks per memory unit (n/d) up to which the seeded recovery gave every mask back exactly with
@@ -102,7 +103,7 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         d = dict(d)
         d["widths"] = tuple(d["widths"])
-        d["train"] = TrainConfig(**d["train"])
+        d["train"] = TrainConfig(**{"precision": "32", **d["train"]})  # older archives trained in float32
         return cls(**d)
 
 
@@ -245,25 +246,35 @@ def initial_masks(config: dict, layer: int, tasks: int) -> np.ndarray:
 
 
 class Progress:
-    """Hooks a run calls; the CLI draws a progress bar with them. All optional. `step` gets the
-    loss as a 0-dim tensor on the device: `float(loss)` waits for the GPU, so read it rarely."""
+    """Hooks a run calls; the CLI draws a progress bar with them. All optional. `step` comes
+    after each training step of the group of `tasks` learned together (not from remote
+    workers), with their losses as a tensor on the device: `float(...)` waits for the GPU, so
+    read it rarely."""
 
     def start(self, done: int, total: int, steps: int) -> None: ...
-    def step(self, task: int, step: int, loss) -> None: ...
+    def step(self, tasks: range, step: int, losses) -> None: ...
     def task_done(self, record: dict) -> None: ...
     def saved(self, path: Path, tasks: int) -> None: ...
 
 
 def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: bool = False,
               checkpoint_every: int = 10, data_dir=None, download: bool = False,
-              progress: Progress | None = None) -> Archive:
-    """Learn tasks 0..tasks−1 (those an archive already holds are kept with `resume`)."""
+              progress: Progress | None = None, parallel_tasks: int = 1, executor=None) -> Archive:
+    """Learn tasks 0..tasks−1 (those an archive already holds are kept with `resume`).
+
+    `parallel_tasks` K: consecutive tasks are learned K at a time in one batched step
+    (`training.train_tasks`); a task's mask does not depend on K beyond rounding. `executor`:
+    None learns in this process; an `executors.RayExecutor` learns the groups on Ray workers.
+    Either way the masks enter the memory and the archive in task order, checkpointed as
+    finished tasks cross multiples of `checkpoint_every`."""
     out = Path(out)
     progress = progress or Progress()
     if tasks < 1:
         raise UserError(f"tasks: expected at least 1, got {tasks}")
     if checkpoint_every < 1:
         raise UserError(f"checkpoint every: expected at least 1 task, got {checkpoint_every}")
+    if parallel_tasks < 1:
+        raise UserError(f"parallel tasks: expected at least 1, got {parallel_tasks}; pass `parallel_tasks=1` or more")
     if resume and force:
         raise UserError("`resume=True` and `force=True` contradict each other; pass one")
     if out.exists() and not (resume or force):
@@ -304,27 +315,65 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
         progress.saved(out, len(per_task))
 
     done = len(per_task)
+    groups = [range(i, min(i + parallel_tasks, tasks)) for i in range(done, tasks, parallel_tasks)]
+    if executor is None:
+        learned = (learn_group(net, stream, cfg.train, g, lambda s, losses, g=g: progress.step(g, s, losses))
+                   for g in groups)
+    else:
+        learned = executor.map(GroupJob(cfg, tasks, None if data_dir is None else str(data_dir)), groups)
     progress.start(done, tasks, cfg.train.steps)
     try:
-        for i in range(done, tasks):
-            task = stream.task(i)
-            layer_masks, info = train_task(net, task, cfg.train, i,
-                                           progress=lambda s, loss, i=i: progress.step(i, s, loss))
-            accuracy = evaluate(net, layer_masks, task)
-            for slot in slots:
-                memories[slot.name].store(slot_pattern(slot, layer_masks))
-            sha = kept.task_sha256(kept.append(layer_masks)) if cfg.keep_masks else mask_sha256(layer_masks)
-            record = {"task": i, "accuracy": accuracy, "mask_sha256": sha,
-                      **{k: info[k] for k in ("seconds", "final_loss", "density", "flip_fraction")}}
-            per_task.append(record)
-            progress.task_done(record)
-            if (i + 1) % checkpoint_every == 0 and i + 1 < tasks:
+        for results in learned:
+            before = len(per_task)
+            for layer_masks, info in results:
+                for slot in slots:
+                    memories[slot.name].store(slot_pattern(slot, layer_masks))
+                sha = kept.task_sha256(kept.append(layer_masks)) if cfg.keep_masks else mask_sha256(layer_masks)
+                record = {"task": info["task"], "accuracy": info["accuracy"], "mask_sha256": sha,
+                          **{k: info[k] for k in ("seconds", "final_loss", "density", "flip_fraction")}}
+                per_task.append(record)
+                progress.task_done(record)
+            if len(per_task) // checkpoint_every > before // checkpoint_every and len(per_task) < tasks:
                 save()
     except KeyboardInterrupt:
-        save()  # what is finished is kept; the task in progress is lost
+        save()  # what is finished is kept; the tasks in progress are lost
         raise
+    finally:
+        close = getattr(learned, "close", None)
+        if close is not None:
+            close()  # stops the work still under way (remote groups are cancelled)
     save()
     return archive
+
+
+def learn_group(net, stream, train: TrainConfig, group: range, progress=None) -> list:
+    """Learn the tasks of `group` together (`training.train_tasks`) and measure each one's
+    accuracy with the task given, at the training precision: [(masks, info with accuracy)]."""
+    tasks = [stream.task(i) for i in group]
+    learned = train_tasks(net, tasks, train, list(group), progress=progress)
+    with autocast(net.device, train.precision):
+        return [(masks, {**info, "accuracy": evaluate(net, masks, task)}) for task, (masks, info) in zip(tasks, learned)]
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """What a worker needs to learn groups of a run's tasks: the run rebuilt from its config
+    alone (base network from its seed, stream from its recipe, data from `data_dir` on the
+    worker's machine). Picklable; `job(group)` returns `learn_group`'s result."""
+
+    cfg: RunConfig
+    tasks: int
+    data_dir: str | None = None
+
+    def __call__(self, group: range) -> list:
+        stream, net = _worker_run(self.cfg, self.tasks, self.data_dir)
+        return learn_group(net, stream, self.cfg.train, group)
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_run(cfg: RunConfig, tasks: int, data_dir):
+    """A worker builds the run's stream and network once, for all the groups it learns."""
+    return stream_and_net(cfg, tasks, data_dir, download=False)
 
 
 def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check_every: int = 100,
@@ -417,6 +466,7 @@ def _flat(d, prefix=""):
 
 
 def _check_same_run(path, saved: dict, now: dict):
+    saved = {**saved, "run": RunConfig.from_dict(saved["run"]).to_dict()}  # with the defaults of keys added since
     a = _flat({k: saved.get(k) for k in ("run", "base_network", "stream")})
     b = _flat({k: now.get(k) for k in ("run", "base_network", "stream")})
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

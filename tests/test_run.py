@@ -289,3 +289,68 @@ def test_saved_run_reads_the_config_train_recorded(small_run):
     with pytest.raises(UserError, match=r"^x\.h5: its config is not a run's \(KeyError: 'base_network'\); pass an "
                                         r"archive written by supsup-hf train$"):
         SavedRun.from_config({"run": arc.config["run"]}, "x.h5")
+
+
+@needs_data
+def test_parallel_tasks_checkpoint_per_task_and_resume_with_another_k(tmp_path):
+    """Groups of K tasks: checkpoints still count tasks, Ctrl-C keeps the finished groups, and a
+    resume with another K gives what K = 1 gives (up to float32 rounding)."""
+    class Watch:
+        def __init__(self, stop_at=None):
+            self.checkpoints, self.steps, self.stop_at = [], [], stop_at
+
+        def start(self, done, total, steps):
+            pass
+
+        def step(self, tasks, step, losses):
+            self.steps.append((tuple(tasks), step, tuple(losses.shape)))
+            if (tuple(tasks), step) == self.stop_at:
+                raise KeyboardInterrupt
+
+        def task_done(self, record):
+            pass
+
+        def saved(self, path, tasks):
+            self.checkpoints.append(tasks)
+
+    whole, one = tmp_path / "whole.h5", tmp_path / "one.h5"
+    watch = Watch()
+    train_run(small_config(), 5, whole, parallel_tasks=2, checkpoint_every=3, progress=watch)
+    assert watch.checkpoints == [4, 5]  # after the group that crossed 3 tasks, and at the end
+    assert {(t, s) for t, s, _ in watch.steps} == {(g, s) for g in [(0, 1), (2, 3), (4,)] for s in range(1, 31)}
+    assert all(shape == (len(t),) for t, _, shape in watch.steps)
+    train_run(small_config(), 5, one, parallel_tasks=1)
+    a, b = read_archive(whole), read_archive(one)
+    assert [t["task"] for t in a.per_task] == list(range(5))
+    for layer in ("layer0", "layer1"):
+        assert (a.masks[layer] == b.masks[layer]).mean() > 0.99
+    assert abs(np.mean([t["accuracy"] for t in a.per_task]) - np.mean([t["accuracy"] for t in b.per_task])) < 0.02
+
+    cut = tmp_path / "cut.h5"
+    with pytest.raises(KeyboardInterrupt):
+        train_run(small_config(), 5, cut, parallel_tasks=2, progress=Watch(stop_at=((2, 3), 10)))
+    saved = read_archive(cut)
+    assert [t["task"] for t in saved.per_task] == [0, 1] and saved.memories["layer0"].n_stored == 2
+    train_run(small_config(), 5, cut, resume=True, parallel_tasks=3)
+    c = read_archive(cut)
+    assert [t["task"] for t in c.per_task] == list(range(5)) and c.memories["layer1"].n_stored == 5
+    assert [t["mask_sha256"] for t in c.per_task[:2]] == [t["mask_sha256"] for t in a.per_task[:2]]
+    for layer in ("layer0", "layer1"):
+        assert (c.masks[layer] == b.masks[layer]).mean() > 0.99
+
+
+@needs_data
+def test_precision_is_part_of_the_run(tmp_path):
+    out = tmp_path / "p.h5"
+    cfg = small_config()
+    bf16 = RunConfig(**{**cfg.__dict__, "train": TrainConfig(**{**cfg.train.to_dict(), "precision": "bf16-mixed"})})
+    train_run(bf16, 1, out)
+    assert read_header(out, verify=False).config["run"]["train"]["precision"] == "bf16-mixed"
+    with pytest.raises(UserError, match=r"run.train.precision: archive 'bf16-mixed' vs now '32'"):
+        train_run(cfg, 2, out, resume=True)
+    train_run(bf16, 2, out, resume=True)
+    assert len(read_archive(out).per_task) == 2
+    # archives written before precision existed trained in float32, and resume as such
+    old = dict(read_header(out, verify=False).config["run"])
+    old["train"] = {k: v for k, v in old["train"].items() if k != "precision"}
+    assert RunConfig.from_dict(old).train.precision == "32"
