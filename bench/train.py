@@ -1,12 +1,27 @@
 """Benchmark supermask training throughput against the plain ways, in the same run.
 
-    python bench/train.py                  # lenet 300 steps, hopnet 60 steps, best of 3
-    python bench/train.py --quick          # lenet 60 steps, hopnet 15 steps, best of 2
+    python bench/train.py                  # all three parts, CPU (or CUDA when present)
+    python bench/train.py --part cli       # one part: cli, grid or pipeline
+    python bench/train.py --quick          # fewer steps and repeats
     python bench/train.py --device cuda    # on the GPU (default: auto = CUDA when present)
-    python bench/train.py --threads 1      # torch CPU threads (default 2)
+    python bench/train.py --threads 1      # torch CPU threads (default 2), here and in the CLI runs
 
-For each model, task-steps per second (one step = one batch of 128: forward, backward, optimiser
-step on the scores) of:
+Part `cli`: the path a user takes. `supsup-hf train` runs as a subprocess, once with few and once
+with many steps per task; the difference is the marginal cost of a training step through the
+command line (start-up, data loading and evaluation cancel out), compared with a plain torch step
+on in-memory tensors (`train_step` on pre-made batches) in this process, same threads. lenet
+(300 and 1300 steps, float32) and hopnet (100 and 300 steps, both precisions; the GG accuracy of
+the 300-step tasks is printed per precision). Targets: lenet within 1.5x of the plain step;
+hopnet bf16-mixed >= 1.5x faster than 32, accuracy within 1 point.
+
+Part `grid`: task-steps/s of `training.train_tasks` (what `train --parallel-tasks K` runs per
+group) for K = 1, 4, 16 and precision 32 / bf16-mixed, on permuted Fashion-MNIST, against K = 1
+in float32 (the plain way), with the step's matrix-product rate and its fraction of this
+device's GEMM rate at that precision (measured now on the model's largest product at batch
+128·K; K = 8 too). Target: lenet K = 8 >= 1.1x K = 1 in float32.
+
+Part `pipeline`: for each model, task-steps per second (one step = one batch of 128: forward,
+backward, optimiser step on the scores) of:
   * end-to-end — `training.train_task` on a `streams` task: uint8 dataset on the device, batch
                  gathered, permuted and normalised there;
   * plain      — the same step (same net, scores, optimiser) on pre-made float batches already on
@@ -17,8 +32,7 @@ step on the scores) of:
                  non-blocking copy to the GPU when the step runs there).
 GPU timings end with a `torch.cuda.synchronize()`. The last columns give the step's matrix-product
 work (forward and the backward the scores need; frozen weights get no gradient) and the plain
-step's rate as a fraction of this device's float32 GEMM rate, measured now on the model's largest
-product (batch 128).
+step's rate as a fraction of this device's float32 GEMM rate.
 lenet (784-300-100-500, weight masks, RMSProp) runs permuted-fashion-mnist; hopnet
 (784-2048-2048-10, neuron masks, SGD) runs split-fashion-mnist task 0 (classes 0 and 1).
 Targets: end-to-end >= 3x classic and within 1.5x of plain. On a CPU hopnet's step is ~2.6 GFLOP
@@ -29,6 +43,8 @@ import argparse
 import gzip
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from itertools import islice
@@ -39,7 +55,9 @@ from supsup_hopfield.basenet import build_basenet
 from supsup_hopfield.data import DEFAULT_DIRS, find_idx_files, load_dataset
 from supsup_hopfield.masks import init_scores
 from supsup_hopfield.streams import make_stream, task_permutation
-from supsup_hopfield.training import DEVICES, TrainConfig, make_optimizer, resolve_device, train_step, train_task
+from supsup_hopfield.archive import read_header
+from supsup_hopfield.training import (DEVICES, PRECISIONS, TrainConfig, make_optimizer, resolve_device, train_step,
+                                      train_task, train_tasks)
 
 BATCH = 128
 
@@ -62,10 +80,10 @@ def step_gflop(spec, batch=BATCH):
     return 2 * batch * (macs + backward) / 1e9
 
 
-def gemm_gflops(device, m, k, n, repeat=20):
-    """This device's float32 rate on an (m, k)·(k, n) product, GFLOP/s."""
-    a = torch.randn(m, k, device=device)
-    b = torch.randn(k, n, device=device)
+def gemm_gflops(device, m, k, n, repeat=20, dtype=torch.float32):
+    """This device's rate on an (m, k)·(k, n) product in `dtype`, GFLOP/s."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -99,6 +117,7 @@ def time_end_to_end(net, task, config, steps):
 
 
 def time_plain(net, task, config, steps):
+    """Seconds for `steps` plain steps on pre-made batches."""
     g = torch.Generator(device=task.device).manual_seed(0)
     batches = list(islice(task.batches(BATCH, g), 16))  # pre-made float tensors, on the device
     step = make_step(net, config)
@@ -161,17 +180,101 @@ def torchvision_root(tmp):
     return tmp
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the classic pipeline")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    repeat = 2 if args.quick else 3
-    steps = {"lenet": 60, "hopnet": 15} if args.quick else {"lenet": 300, "hopnet": 60}
+def cli_runs(device, threads, quick):
+    """Part `cli`: marginal step cost through `supsup-hf train` against the plain step."""
+    runs = {"lenet": ((100, 400) if quick else (300, 1300), ["32"]),
+            "hopnet": ((50, 150) if quick else (100, 300), list(PRECISIONS))}
+    dataset = load_dataset("fashion-mnist", device=device)
+    task = make_stream("permuted-fashion-mnist", dataset=dataset).task(0)
+    print(f"cli: `supsup-hf train --tasks 2 --dataset permuted-fashion-mnist --threads {threads}`, "
+          f"marginal ms per step from two step counts (best of {1 if quick else 2} runs each); plain torch "
+          f"step in this process (best of 3)")
+    print(f"{'model':<8}{'precision':>11}{'steps':>11}{'cli ms':>9}{'plain ms':>10}{'cli/plain':>11}{'GG acc':>8}")
+    failed, marginal = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model, ((few, many), precisions) in runs.items():
+            net = build_basenet(model, outputs=500 if model == "lenet" else 10, seed=0, device=device)
+            for precision in precisions:
+                seconds, accuracy = {}, None
+                for steps in (few, many):
+                    out = os.path.join(tmp, f"{model}-{precision}-{steps}.h5")
+                    cmd = [sys.executable, "-m", "supsup_hopfield.cli", "train", "--tasks", "2", "--steps", str(steps),
+                           "--model", model, "--dataset", "permuted-fashion-mnist", "--memory-rule", "none",
+                           "--precision", precision, "--device", device.type, "--threads", str(threads),
+                           "--outputs", "500" if model == "lenet" else "10", "--out", out]
+                    seconds[steps] = float("inf")
+                    for _ in range(1 if quick else 2):  # best of: other processes share the cores
+                        t = time.perf_counter()
+                        subprocess.run(cmd + ["--force"], check=True, capture_output=True)
+                        seconds[steps] = min(seconds[steps], time.perf_counter() - t)
+                    if steps == many:
+                        per_task = read_header(out, verify=False).per_task
+                        accuracy = sum(r["accuracy"] for r in per_task) / len(per_task)
+                cli = (seconds[many] - seconds[few]) / (2 * (many - few))
+                config = TrainConfig.for_architecture(model, device=device.type, precision=precision)
+                time_plain(net, task, config, 3)
+                plain = min(time_plain(net, task, config, 100 if model == "lenet" else 20) for _ in range(3))
+                plain /= 100 if model == "lenet" else 20
+                marginal[model, precision] = (cli, accuracy)
+                print(f"{model:<8}{precision:>11}{f'{few}/{many}':>11}{cli * 1e3:>9.2f}{plain * 1e3:>10.2f}"
+                      f"{cli / plain:>10.2f}x{accuracy:>8.4f}")
+                if model == "lenet" and cli / plain > 1.5:
+                    failed.append(f"lenet: cli step {cli / plain:.2f}x the plain step (target <= 1.5x)")
+    if ("hopnet", "bf16-mixed") in marginal:
+        (full, acc32), (half, acc16) = marginal["hopnet", "32"], marginal["hopnet", "bf16-mixed"]
+        print(f"hopnet bf16-mixed: {full / half:.2f}x faster per step than 32, GG accuracy "
+              f"{100 * (acc16 - acc32):+.2f} points")
+        failed += [f"hopnet bf16-mixed only {full / half:.2f}x faster (target >= 1.5x)"] * (full / half < 1.5)
+        failed += [f"hopnet bf16-mixed accuracy {100 * (acc16 - acc32):+.2f} points (target within 1)"] * (
+            abs(acc16 - acc32) > 0.01)
+    return failed
+
+
+def grid(device, quick):
+    """Part `grid`: K tasks per step x precision, task-steps/s of train_tasks."""
+    dataset = load_dataset("fashion-mnist", device=device)
+    stream = make_stream("permuted-fashion-mnist", dataset=dataset)
+    ks = (1, 4, 8, 16)
+    print(f"grid: training.train_tasks on permuted-fashion-mnist, K tasks per batched step")
+    print(f"{'model':<8}{'precision':>11}{'K':>4}{'steps':>7}{'task-steps/s':>14}{'vs K=1, 32':>12}"
+          f"{'GFLOP/s':>9}{'of GEMM':>9}")
+    failed = []
+    for model in ("lenet", "hopnet"):
+        net = build_basenet(model, outputs=500 if model == "lenet" else 10, seed=0, device=device)
+        work = step_gflop(net.spec)
+        out, inp = max(net.spec.weight_shapes, key=lambda s: s[0] * s[1])
+        base = None
+        for precision in PRECISIONS:
+            for k in ks:
+                steps = (20 if model == "lenet" else 5) if quick else (60 if model == "lenet" else 12)
+                if device.type == "cuda":
+                    steps *= 4
+                config = TrainConfig.for_architecture(model, steps=steps, device=device.type, precision=precision)
+                tasks = [stream.task(i) for i in range(k)]
+                train_tasks(net, tasks, TrainConfig(**{**config.to_dict(), "steps": 2}), range(k))  # warm-up
+                best = float("inf")
+                for _ in range(2 if quick else 3):
+                    sync(device)
+                    t = time.perf_counter()
+                    train_tasks(net, tasks, config, range(k))
+                    sync(device)
+                    best = min(best, time.perf_counter() - t)
+                rate = k * steps / best
+                base = base or rate
+                dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+                gemm = gemm_gflops(device, BATCH * k, inp, out, repeat=5, dtype=dtype)
+                print(f"{model:<8}{precision:>11}{k:>4}{steps:>7}{rate:>14.1f}{rate / base:>11.2f}x"
+                      f"{work * rate:>9.0f}{work * rate / gemm:>9.0%}")
+                if model == "lenet" and precision == "32" and k == 8 and rate / base < 1.1:
+                    failed.append(f"lenet K=8: {rate / base:.2f}x K=1 (target >= 1.1x)")
+    print("(GEMM: this device's rate at that precision on the largest product at batch 128*K, measured now)")
+    return failed
+
+
+def pipeline(device, threads, workers, quick):
+    """Part `pipeline`: end-to-end train_task against plain steps and torchvision's DataLoader."""
+    repeat = 2 if quick else 3
+    steps = {"lenet": 60, "hopnet": 15} if quick else {"lenet": 300, "hopnet": 60}
     if device.type == "cuda":  # a GPU step is cheap: more steps for a stable timing
         steps = {k: 4 * v for k, v in steps.items()}
 
@@ -184,9 +287,7 @@ def main():
                    make_stream("split-fashion-mnist", dataset=dataset).task(0),
                    TrainConfig.for_architecture("hopnet", device=device.type)),
     }
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
-    print(f"torch {torch.__version__}, {where}, batch {BATCH}, "
-          f"classic DataLoader workers {args.workers}, best of {repeat}")
+    print(f"pipeline: classic DataLoader workers {workers}, best of {repeat}")
     print(f"{'model':<8}{'steps':>6}{'end-to-end':>12}{'plain':>10}{'classic':>10}"
           f"{'e2e/classic':>13}{'plain/e2e':>11}{'GFLOP/step':>12}{'plain GFLOP/s':>15}{'of GEMM':>9}")
     failed = []
@@ -194,7 +295,7 @@ def main():
         root = torchvision_root(tmp)
         for name, (net, kind, task, config) in setups.items():
             n = steps[name]
-            loader = classic_loader(root, kind, task_permutation(0, 0), args.workers, device.type == "cuda")
+            loader = classic_loader(root, kind, task_permutation(0, 0), workers, device.type == "cuda")
             best = {"e2e": float("inf"), "plain": float("inf"), "classic": float("inf")}
             time_plain(net, task, config, 3)  # warm-up
             for _ in range(repeat):  # interleaved, so load from other processes hits all three
@@ -212,6 +313,31 @@ def main():
             failed += [f"{name}: end-to-end {speedup:.2f}x classic (target >= 3x)"] * (speedup < 3)
             failed += [f"{name}: plain {gap:.2f}x end-to-end (target <= 1.5x)"] * (gap > 1.5)
     print("(task-steps/s; GEMM rate of this device on the largest product at batch 128, measured now)")
+    return failed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["cli", "grid", "pipeline"], action="append",
+                        help="run only this part (repeatable) [all]")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the classic pipeline")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    print(f"torch {torch.__version__}, {where}, batch {BATCH}")
+    failed = []
+    for part in args.part or ["cli", "grid", "pipeline"]:
+        if part == "cli":
+            failed += cli_runs(device, args.threads, args.quick)
+        elif part == "grid":
+            failed += grid(device, args.quick)
+        else:
+            failed += pipeline(device, args.threads, args.workers, args.quick)
+        print()
     print("targets met" if not failed else "targets missed: " + "; ".join(failed))
 
 

@@ -8,6 +8,7 @@ from supsup_hopfield.cli.paths import OutputFile
 from supsup_hopfield.cli.progress import progress_bar
 from supsup_hopfield.evaluation import METHODS
 from supsup_hopfield.rules import RULES
+from supsup_hopfield.training import PRECISIONS
 
 RECOVERIES = ("seeded", "descent", "paper")
 
@@ -44,10 +45,13 @@ def _list(kind):
               help="hopfield with --memory-rule: rebuild from the first K masks, for each K [all].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the four IDX files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="32", show_default=True,
+              help="bf16-mixed: the network's forward passes in bfloat16 (autocast).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--plot", type=OutputFile(),
               help="PNG: accuracy per task, or recovery against stored masks with --memory-rule.")
-def eval_(archive, method, tasks_text, batch_size, recovery, rules, stored, data_dir, device, as_json, plot):
+def eval_(archive, method, tasks_text, batch_size, recovery, rules, stored, data_dir, device, precision, as_json,
+          plot):
     """Evaluate ARCHIVE's tasks; the result is also recorded in ARCHIVE."""
     from supsup_hopfield.archive import read_header
     from supsup_hopfield.evaluation import (evaluate_run, format_replay, format_table, parse_tasks,
@@ -66,10 +70,10 @@ def eval_(archive, method, tasks_text, batch_size, recovery, rules, stored, data
     with progress_bar("task") as progress:
         if rules:
             result = replay_recovery(archive, rules, stored or [n], tasks, batch_size, data_dir, device,
-                                     recovery=rec, progress=progress)
+                                     recovery=rec, progress=progress, precision=precision)
         else:
             result = evaluate_run(archive, method, batch_size, data_dir=data_dir, device=device, tasks=tasks,
-                                  recovery=rec, progress=progress)
+                                  recovery=rec, progress=progress, precision=precision)
     if plot:
         (plot_replay if rules else plot_accuracy)(result, plot)
     if as_json:

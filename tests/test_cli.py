@@ -99,3 +99,21 @@ def test_files_that_are_not_archives_get_one_line(tmp_path):
             assert r.exit_code == 2 and r.output.strip() == f"Error: {path}: not an HDF5 file; pass an archive " \
                                                           "written by supsup-hf", (args, r.output)
     assert empty.read_bytes() == b"" and text.read_text() == "not hdf5\n"
+
+
+def test_train_speed_options_refuse_what_they_cannot_do(tmp_path, monkeypatch):
+    """Each bad combination: one line, exit code 2, before any work (no --out written)."""
+    out = tmp_path / "never.h5"
+    base = ["train", "--tasks", "2", "--dataset", "split-fashion-mnist", "--out", str(out)]
+    cases = [(["--workers", "2"], "--workers and --ray-address are for --executor ray"),
+             (["--ray-address", "auto"], "add --executor ray"),
+             (["--parallel-tasks", "0"], "--parallel-tasks"),
+             (["--threads", "0"], "--threads"),
+             (["--precision", "16-mixed"], "'16-mixed' is not one of '32', 'bf16-mixed'")]
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    cases.append((["--executor", "ray"], "Ray is not installed; install it with pip install 'supsup-hopfield[ray]'"))
+    for args, message in cases:
+        r = CliRunner().invoke(app, [*base, *args])
+        assert r.exit_code == 2 and message in r.stderr, (args, r.output)
+        assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) <= 5
+        assert not out.exists()

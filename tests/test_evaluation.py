@@ -30,6 +30,23 @@ def test_gg_matches_training_accuracy_and_is_recorded(run_copy):
     assert saved.evaluations[-1]["mean_accuracy"] == pytest.approx(np.mean(trained))
 
 
+def test_bf16_mixed_eval_runs_in_bfloat16_and_agrees_with_float32(run_copy, monkeypatch):
+    import torch
+
+    seen = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: seen.append(linear(*a).dtype) or linear(*a))
+    r = CliRunner().invoke(app, ["eval", str(run_copy), "--method", "oneshot", "--device", "cpu", "--batch-size",
+                                 "1000", "--precision", "bf16-mixed", "--json"])
+    assert r.exit_code == 0, r.output
+    half = json.loads(r.output)
+    assert half["precision"] == "bf16-mixed" and set(seen) == {torch.bfloat16}
+    full = evaluate_run(run_copy, "oneshot", batch_size=1000, device="cpu")
+    assert full["precision"] == "32"
+    assert abs(half["mean_accuracy"] - full["mean_accuracy"]) < 0.01
+    assert [e["precision"] for e in read_archive(run_copy).evaluations] == ["bf16-mixed", "32"]
+
+
 def test_binary_inference_json_via_cli(run_copy, tmp_path):
     plot = tmp_path / "acc.png"
     r = CliRunner().invoke(app, ["eval", str(run_copy), "--method", "binary", "--device", "cpu",

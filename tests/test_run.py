@@ -354,3 +354,16 @@ def test_precision_is_part_of_the_run(tmp_path):
     old = dict(read_header(out, verify=False).config["run"])
     old["train"] = {k: v for k, v in old["train"].items() if k != "precision"}
     assert RunConfig.from_dict(old).train.precision == "32"
+
+
+@needs_data
+def test_bf16_mixed_on_a_cpu_without_bfloat16_says_it_will_be_slow(tmp_path, monkeypatch):
+    import torch
+
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        r = CliRunner().invoke(app, ["train", "--tasks", "1", *SMALL, "--steps", "2", "--precision", "bf16-mixed",
+                                     "--out", str(tmp_path / f"{native}.h5")])
+        assert r.exit_code == 0, r.output
+        assert ("no bfloat16 arithmetic" in r.stderr) is (not native)
