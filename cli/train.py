@@ -54,7 +54,7 @@ def _widths(ctx, param, value):
               help="ray: learn tasks on Ray workers (pip install 'supsup-hopfield[ray]').")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="ray: task groups learned at once.")
-@click.option("--threads", type=click.IntRange(min=1), help="torch threads per worker [torch's default].")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads per worker [torch's default; ray: 1].")
 @click.option("--ray-address", help="ray: join this existing cluster (e.g. ray://head:10001 or auto) "
                                     "instead of starting a private local Ray on 127.0.0.1.")
 @click.option("--memory-rule", type=click.Choice(["auto", *RULES, "none"]), default="auto", show_default=True,
