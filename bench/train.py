@@ -51,7 +51,7 @@ from itertools import islice
 
 import torch
 
-from supsup_hopfield.basenet import build_basenet
+from supsup_hopfield.basenet import _resnet_convs, build_basenet
 from supsup_hopfield.data import DEFAULT_DIRS, find_idx_files, load_dataset
 from supsup_hopfield.masks import init_scores
 from supsup_hopfield.streams import make_stream, task_permutation
@@ -68,13 +68,25 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def layer_macs(spec):
+    """Multiply-adds per sample of each layer's product, in forward order (resnet18: each
+    convolution at its output resolution, 32x32 halved at every stride 2)."""
+    if spec.architecture != "resnet18":
+        return [o * i for o, i in spec.weight_shapes]
+    width = spec.widths[0]
+    # a convolution with o output channels belongs to stage log2(o / width): output side 32 / (o / width)
+    macs = [o * i * k * k * (32 * width // o) ** 2 for (o, i, k, _), _ in _resnet_convs(width)]
+    o, i = spec.weight_shapes[-1]
+    return macs + [o * i]
+
+
 def step_gflop(spec, batch=BATCH):
     """Matrix-product work of one training step, in GFLOP: the forward pass, and the backward
     products the scores need (input gradients of every layer but the first; for weight masks
     also each layer's weight-shaped gradient, dL/dM = dL/dW' * W). Elementwise work is left out."""
-    shapes = spec.weight_shapes  # (out, in) per layer
-    macs = sum(o * i for o, i in shapes)
-    backward = sum(o * i for o, i in shapes[1:])
+    per_layer = layer_macs(spec)
+    macs = sum(per_layer)
+    backward = sum(per_layer[1:])
     if spec.mask_kind == "weight":
         backward += macs
     return 2 * batch * (macs + backward) / 1e9
@@ -316,9 +328,95 @@ def pipeline(device, threads, workers, quick):
     return failed
 
 
+class PlainResNet(torch.nn.Module):
+    """The same resnet18 as torch users write it: nn.Conv2d / nn.BatchNorm2d modules, weights
+    trained (the plain step the masked one is compared with)."""
+
+    def __init__(self, spec):
+        super().__init__()
+        convs = _resnet_convs(spec.widths[0])
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(i, o, k, stride, k // 2, bias=False)
+                                         for (o, i, k, _), stride in convs)
+        self.bns = torch.nn.ModuleList(torch.nn.BatchNorm2d(o, affine=False) for (o, *_), _ in convs)
+        self.kinds = [k for (_, _, k, _), _ in convs]
+        self.linear = torch.nn.Linear(8 * spec.widths[0], spec.outputs, bias=False)
+
+    def forward(self, x):
+        layers = iter(zip(self.convs, self.bns))
+
+        def conv_bn(h):
+            conv, bn = next(layers)
+            return bn(conv(h))
+
+        h = torch.relu(conv_bn(x.view(-1, 3, 32, 32)))
+        i = 1
+        while i < len(self.kinds):
+            shortcut = i + 2 < len(self.kinds) and self.kinds[i + 2] == 1
+            out = conv_bn(torch.relu(conv_bn(h)))
+            h = torch.relu(out + (conv_bn(h) if shortcut else h))
+            i += 3 if shortcut else 2
+        return self.linear(torch.nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def resnet(device, quick, width=20):
+    """Part `resnet`: the masked resnet18 step against a plain torch step of the same model."""
+    net = build_basenet("resnet18", widths=(width,), outputs=5, seed=0, device=device)
+    config = TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, device=device.type)
+    batch = config.batch_size
+    x = torch.randn(8, batch, 3072, device=device)
+    y = torch.randint(0, 5, (8, batch), device=device)
+    scores = init_scores(net, config.mask_config, 0, 0, device=device)
+    optimizer = make_optimizer(scores, config)
+    stats = net.new_batchnorm()
+    plain = PlainResNet(net.spec).to(device)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+
+    def masked_step(i):
+        train_step(net, scores, optimizer, config, x[i % 8], y[i % 8], stats)
+
+    def plain_step(i):
+        loss = torch.nn.functional.cross_entropy(plain(x[i % 8]), y[i % 8])
+        plain_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_opt.step()
+
+    steps = 3 if quick else 10
+    best = {}
+    for name, step in (("masked", masked_step), ("plain", plain_step)):
+        step(0)  # warm-up
+        best[name] = float("inf")
+        for _ in range(2 if quick else 3):
+            sync(device)
+            t = time.perf_counter()
+            for i in range(steps):
+                step(i)
+            sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t) / steps)
+    work = step_gflop(net.spec, batch)
+    # this device's rate on the convolution with the most work, forward, at this batch
+    (o, i, k, _), stride = max(_resnet_convs(width), key=lambda c: c[0][0] * c[0][1] * (32 * width // c[0][0]) ** 2)
+    side = 32 * width // o * stride
+    inp, w = torch.randn(batch, i, side, side, device=device), torch.randn(o, i, k, k, device=device)
+    torch.nn.functional.conv2d(inp, w, stride=stride, padding=k // 2)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(5):
+        torch.nn.functional.conv2d(inp, w, stride=stride, padding=k // 2)
+    sync(device)
+    conv_rate = 2 * batch * o * i * k * k * (side // stride) ** 2 / ((time.perf_counter() - t) / 5) / 1e9
+    print(f"resnet: resnet18 width {width} (1.09 M masked weights at 20), batch {batch}, Adam; in-memory batches")
+    print(f"{'step':<8}{'ms':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of conv':>9}")
+    for name in ("masked", "plain"):
+        rate = work / best[name]  # the same product work: the plain step's weight gradients match dL/dM's
+        print(f"{name:<8}{best[name] * 1e3:>9.1f}{work:>12.2f}{rate:>9.1f}{rate / conv_rate:>9.0%}")
+    print(f"masked/plain {best['masked'] / best['plain']:.2f}x; conv rate {conv_rate:.0f} GFLOP/s "
+          f"({o}x{i}x{k}x{k} at {side}x{side}, stride {stride}, measured now)")
+    return []
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["cli", "grid", "pipeline"], action="append",
+    parser.add_argument("--part", choices=["cli", "grid", "pipeline", "resnet"], action="append",
                         help="run only this part (repeatable) [all]")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", choices=DEVICES, default="auto")
@@ -330,8 +428,10 @@ def main():
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
     print(f"torch {torch.__version__}, {where}, batch {BATCH}")
     failed = []
-    for part in args.part or ["cli", "grid", "pipeline"]:
-        if part == "cli":
+    for part in args.part or ["cli", "grid", "pipeline", "resnet"]:
+        if part == "resnet":
+            failed += resnet(device, args.quick)
+        elif part == "cli":
             failed += cli_runs(device, args.threads, args.quick)
         elif part == "grid":
             failed += grid(device, args.quick)

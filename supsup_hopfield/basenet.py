@@ -31,10 +31,14 @@ from torch import nn
 
 from supsup_hopfield.errors import UserError
 
-ARCHITECTURES = ("lenet", "fc1024", "hopnet")
-DEFAULT_WIDTHS = {"lenet": (300, 100), "fc1024": (1024, 1024), "hopnet": (2048, 2048)}
-MASK_KINDS = {"lenet": "weight", "fc1024": "weight", "hopnet": "neuron"}
+ARCHITECTURES = ("lenet", "fc1024", "hopnet", "resnet18")
+# resnet18's "width" is its base number of filters: 20 is the reduced ResNet-18 continual-learning
+# papers use on SplitCIFAR100 (as the paper does), 64 the standard one
+DEFAULT_WIDTHS = {"lenet": (300, 100), "fc1024": (1024, 1024), "hopnet": (2048, 2048), "resnet18": (20,)}
+MASK_KINDS = {"lenet": "weight", "fc1024": "weight", "hopnet": "neuron", "resnet18": "weight"}
 IN_FEATURES = 784
+IMAGE_SHAPE = (3, 32, 32)  # resnet18's input (CIFAR), flattened to 3072 features in a batch
+BN_MOMENTUM = 0.1  # running statistics of resnet18's BatchNorms, as torch's BatchNorm2d keeps them
 GAIN = math.sqrt(2.0)  # Kaiming gain for ReLU
 BN_EPS = 1e-5
 
@@ -72,12 +76,18 @@ class BaseNetSpec:
 
     @property
     def sizes(self) -> Tuple[int, ...]:
-        """Layer sizes, input to output: e.g. (784, 300, 100, 10)."""
+        """Layer sizes, input to output: e.g. (784, 300, 100, 10); resnet18: (3072, outputs)."""
+        if self.architecture == "resnet18":
+            return (int(np.prod(IMAGE_SHAPE)), int(self.outputs))
         return (IN_FEATURES, *self.widths, int(self.outputs))
 
     @property
-    def weight_shapes(self) -> Tuple[Tuple[int, int], ...]:
-        """(out, in) of every linear layer."""
+    def weight_shapes(self) -> Tuple[Tuple[int, ...], ...]:
+        """(out, in) of every linear layer; resnet18: (out, in, k, k) of every convolution in
+        forward order (a block's two convolutions, then its shortcut where it has one), then
+        the final linear layer's (outputs, 8 * width)."""
+        if self.architecture == "resnet18":
+            return tuple(shape for shape, _ in _resnet_convs(self.widths[0])) + ((int(self.outputs), 8 * self.widths[0]),)
         s = self.sizes
         return tuple((s[i + 1], s[i]) for i in range(len(s) - 1))
 
@@ -95,8 +105,16 @@ class BaseNetSpec:
 
     @property
     def mask_fan_ins(self) -> Tuple[int, ...]:
-        """fan_in of the linear layer each mask belongs to (sets the score init scale)."""
-        return tuple(shape[1] for shape in self.weight_shapes[: len(self.mask_shapes)])
+        """fan_in of the layer each mask belongs to (sets the score init scale)."""
+        return tuple(int(np.prod(shape[1:])) for shape in self.weight_shapes[: len(self.mask_shapes)])
+
+    @property
+    def batchnorm_widths(self) -> Tuple[int, ...]:
+        """Channels of each BatchNorm that keeps running statistics (resnet18 only), in forward
+        order: the stem's, then per block its two and its shortcut's where it has one."""
+        if self.architecture != "resnet18":
+            return ()
+        return tuple(shape[0] for shape, _ in _resnet_convs(self.widths[0]))
 
     def to_dict(self) -> dict:
         return {"architecture": self.architecture, "widths": list(self.widths),
@@ -104,11 +122,29 @@ class BaseNetSpec:
                 "gain": GAIN}
 
 
-def signed_constant(shape: Tuple[int, int], seed: int, layer: int) -> torch.Tensor:
-    """±gain/sqrt(fan_in) with equal probability; float32 (out, in) on the CPU."""
+def _resnet_convs(width: int):
+    """((out, in, k, k), stride) of resnet18's convolutions in forward order: a 3×3 stem, then 4
+    stages of 2 basic blocks (planes width·2^s, the first block of stages 2-4 at stride 2, with a
+    1×1 shortcut convolution where the shape changes)."""
+    convs = [((width, IMAGE_SHAPE[0], 3, 3), 1)]
+    planes_in = width
+    for stage in range(4):
+        planes = width * 2 ** stage
+        for block in range(2):
+            stride = 2 if (stage > 0 and block == 0) else 1
+            convs += [((planes, planes_in, 3, 3), stride), ((planes, planes, 3, 3), 1)]
+            if stride != 1 or planes_in != planes:
+                convs.append(((planes, planes_in, 1, 1), stride))
+            planes_in = planes
+    return convs
+
+
+def signed_constant(shape: Tuple[int, ...], seed: int, layer: int) -> torch.Tensor:
+    """±gain/sqrt(fan_in) with equal probability; float32 (out, in, ...) on the CPU, fan_in the
+    product of every dimension but the first."""
     rng = np.random.default_rng(derive_seed(seed, WEIGHT_TAG, layer))
-    signs = rng.integers(0, 2, size=shape, dtype=np.int8) * 2 - 1  # (out, in) in {-1, +1}
-    c = GAIN / math.sqrt(shape[1])
+    signs = rng.integers(0, 2, size=shape, dtype=np.int8) * 2 - 1  # (out, in, ...) in {-1, +1}
+    c = GAIN / math.sqrt(int(np.prod(shape[1:])))
     return torch.from_numpy(signs.astype(np.float32) * np.float32(c))
 
 
@@ -145,9 +181,14 @@ class BaseNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.weight0.dtype
 
-    def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-        """x (B, 784) -> logits (B, outputs). `masks`: one tensor per masked layer (shapes
-        `mask_shapes`), or None for the unmasked network.
+    def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None, batchnorm=None,
+                update: bool = False) -> torch.Tensor:
+        """x (B, 784) -> logits (B, outputs) (resnet18: x (B, 3072), images flattened). `masks`:
+        one tensor per masked layer (shapes `mask_shapes`), or None for the unmasked network.
+
+        resnet18's BatchNorms: `batchnorm` None normalises with each batch's statistics; a
+        task's running statistics (`new_batchnorm`) are used instead, or, with `update`, the
+        batch's are used and folded into them (training).
 
         K tasks at once: x (K, B, 784) and masks (K, *mask_shape) per layer -> logits (K, B,
         outputs), each task's batch under its own masks (and, for hopnet, its own BatchNorm
@@ -157,6 +198,12 @@ class BaseNet(nn.Module):
             raise UserError(f"masks: expected {len(self.mask_shapes)} layer masks for "
                             f"{self.spec.architecture}, got {len(masks)}; pass one mask per masked layer")
         last = len(weights) - 1
+        if self.spec.architecture == "resnet18":
+            if x.dim() == 3:  # K tasks: their masks and BatchNorm statistics differ, so one by one
+                return torch.stack([self._resnet(x[k], None if masks is None else [m[k] for m in masks],
+                                                 None if batchnorm is None else batchnorm[k], update)
+                                    for k in range(x.shape[0])])
+            return self._resnet(x, masks, batchnorm, update)
         if self.mask_kind == "weight":
             h = x
             for l, w in enumerate(weights):
@@ -183,6 +230,37 @@ class BaseNet(nn.Module):
             h = F.silu(h)
         h = F.linear(h, weights[-1])
         return h.view(b, k, -1).transpose(0, 1) if stacked else h
+
+
+    def new_batchnorm(self) -> list:
+        """Fresh running statistics for one task: [(mean 0, var 1)] per BatchNorm (resnet18)."""
+        return [(torch.zeros(c, device=self.device), torch.ones(c, device=self.device))
+                for c in self.spec.batchnorm_widths]
+
+    def _resnet(self, x, masks, batchnorm, update):
+        weights = self.weights
+        if masks is not None:
+            weights = [w * m for w, m in zip(weights, masks)]
+        stats = iter(batchnorm or [(None, None)] * len(self.spec.batchnorm_widths))
+        strides = iter(stride for _, stride in _resnet_convs(self.spec.widths[0]))
+        convs = iter(weights[:-1])
+
+        def conv_bn(h):
+            w, (mean, var) = next(convs), next(stats)
+            h = F.conv2d(h, w, stride=next(strides), padding=w.shape[-1] // 2)
+            return F.batch_norm(h, mean, var, training=mean is None or update, momentum=BN_MOMENTUM, eps=BN_EPS)
+
+        h = F.relu(conv_bn(x.reshape(-1, *IMAGE_SHAPE)))
+        planes_in = self.spec.widths[0]
+        for stage in range(4):
+            planes = self.spec.widths[0] * 2 ** stage
+            for block in range(2):
+                reshape = (stage > 0 and block == 0) or planes_in != planes
+                out = conv_bn(F.relu(conv_bn(h)))
+                h = F.relu(out + (conv_bn(h) if reshape else h))
+                planes_in = planes
+        h = F.adaptive_avg_pool2d(h, 1).flatten(1)  # (B, 8 * width)
+        return F.linear(h, weights[-1])
 
 
 def build_basenet(architecture: str = "lenet", widths: Optional[Sequence[int]] = None,

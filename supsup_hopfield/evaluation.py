@@ -259,7 +259,8 @@ def _gg(net, archive, stream, tasks, batch_size, progress):
     for k, t in enumerate(tasks):
         task = stream.task(t)
         t0 = time.perf_counter()
-        accuracy = evaluate(net, _layer_masks(archive, t), task, batch_size)
+        accuracy = evaluate(net, _layer_masks(archive, t), task, batch_size,
+                            batchnorm=archive.per_task[t].get("batchnorm"))  # resnet18: the task's own statistics
         seconds = time.perf_counter() - t0
         out.append({"task": t, "accuracy": accuracy, "task_inference_accuracy": 1.0,
                     "seconds_per_batch": seconds / task.test_batch_count(batch_size)})

@@ -87,8 +87,8 @@ class RunConfig:
 
     def weight_counts(self) -> list[int]:
         """Weights of each layer of the base network."""
-        sizes = [784, *(self.widths or DEFAULT_WIDTHS[self.model]), self.outputs]
-        return [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+        spec = BaseNetSpec(self.model, tuple(self.widths or DEFAULT_WIDTHS[self.model]), self.outputs, self.seed)
+        return [int(np.prod(shape)) for shape in spec.weight_shapes]
 
     def mask_entries(self) -> int:
         return sum(self.layer_sizes())
@@ -330,7 +330,8 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
                     memories[slot.name].store(slot_pattern(slot, layer_masks))
                 sha = kept.task_sha256(kept.append(layer_masks)) if cfg.keep_masks else mask_sha256(layer_masks)
                 record = {"task": info["task"], "accuracy": info["accuracy"], "mask_sha256": sha,
-                          **{k: info[k] for k in ("seconds", "final_loss", "density", "flip_fraction")}}
+                          **{k: info[k] for k in ("seconds", "final_loss", "density", "flip_fraction", "batchnorm")
+                             if k in info}}
                 per_task.append(record)
                 progress.task_done(record)
             if len(per_task) // checkpoint_every > before // checkpoint_every and len(per_task) < tasks:
@@ -352,7 +353,8 @@ def learn_group(net, stream, train: TrainConfig, group: range, progress=None) ->
     tasks = [stream.task(i) for i in group]
     learned = train_tasks(net, tasks, train, list(group), progress=progress)
     with autocast(net.device, train.precision):
-        return [(masks, {**info, "accuracy": evaluate(net, masks, task)}) for task, (masks, info) in zip(tasks, learned)]
+        return [(masks, {**info, "accuracy": evaluate(net, masks, task, batchnorm=info.get("batchnorm"))})
+                for task, (masks, info) in zip(tasks, learned)]
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,17 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def batchnorm_lists(stats) -> list:
+    """A task's BatchNorm running statistics as plain lists, [[mean, var] per BatchNorm]: how a
+    run records them beside the task's metrics (float32 values, exact through JSON)."""
+    return [[mean.float().cpu().tolist(), var.float().cpu().tolist()] for mean, var in stats]
+
+
+def batchnorm_tensors(lists, device) -> list:
+    """`batchnorm_lists` back to [(mean, var)] float32 tensors on `device`."""
+    return [(torch.tensor(mean, device=device), torch.tensor(var, device=device)) for mean, var in lists]
+
+
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise UserError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}; pick one of those")
@@ -177,6 +188,8 @@ def train_tasks(net: BaseNet, tasks: Sequence[Task], config: TrainConfig, task_i
               for l in range(len(net.mask_shapes))]
     initial = binarize(scores, mask_config, stacked=True)
     optimizer = make_optimizer(scores, config)
+    # each task's BatchNorm running statistics (resnet18; none elsewhere), kept for evaluation
+    batchnorm = [net.new_batchnorm() for _ in tasks] if net.spec.batchnorm_widths else None
 
     # 2. each task's batch order, from (seed, task), drawn on the data's device
     streams = [islice(task.batches(config.batch_size, torch.Generator(device=task.device).manual_seed(
@@ -187,7 +200,7 @@ def train_tasks(net: BaseNet, tasks: Sequence[Task], config: TrainConfig, task_i
     for step, batches in enumerate(zip(*streams)):
         x = torch.stack([b[0] for b in batches]).to(device, net.dtype, non_blocking=True)  # (K, B, 784)
         y = torch.stack([b[1] for b in batches]).to(device, non_blocking=True)  # (K, B)
-        losses[step] = train_step(net, scores, optimizer, config, x, y)
+        losses[step] = train_step(net, scores, optimizer, config, x, y, batchnorm)
         if progress is not None:
             progress(step + 1, losses[step])
 
@@ -206,20 +219,23 @@ def train_tasks(net: BaseNet, tasks: Sequence[Task], config: TrainConfig, task_i
             "final_loss": tail[t],
             "density": density(task_masks),
             "flip_fraction": flip_fraction(task_masks, task_initial),
+            **({} if batchnorm is None else {"batchnorm": batchnorm_lists(batchnorm[t])}),
         }))
     return out
 
 
 def train_step(net: BaseNet, scores, optimizer, config: TrainConfig, x: torch.Tensor,
-               y: torch.Tensor) -> torch.Tensor:
+               y: torch.Tensor, batchnorm=None) -> torch.Tensor:
     """One straight-through step on the batch (x, y): cross-entropy of `net` under the masks of
     `scores`, and the scores updated, the forward pass at `config.precision`. With one task's
     scores x is (B, 784) and the loss a 0-dim tensor; with K tasks' scores stacked (K, ...), x is
     (K, B, 784), y (K, B), and the K losses come back. The loss is detached, on the device
-    (reading it would make the step wait for the GPU). Training, NNs and the benchmark all step
-    this way."""
+    (reading it would make the step wait for the GPU). `batchnorm`: the task's (K tasks':
+    a list) BatchNorm running statistics, updated in place (resnet18). Training, NNs and the
+    benchmark all step this way."""
     with autocast(x.device, config.precision):
-        logits = net(x, scores_to_masks(scores, config.mask_config, stacked=x.dim() == 3))  # (..., B, outputs)
+        masks = scores_to_masks(scores, config.mask_config, stacked=x.dim() == 3)
+        logits = net(x, masks, batchnorm, update=batchnorm is not None)  # (..., B, outputs)
     if logits.dtype == torch.bfloat16:
         logits = logits.float()  # the loss in float32 (float64 stays float64)
     per_sample = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
@@ -231,22 +247,26 @@ def train_step(net: BaseNet, scores, optimizer, config: TrainConfig, x: torch.Te
 
 
 @torch.no_grad()
-def predict(net: BaseNet, masks: Sequence, x: torch.Tensor) -> torch.Tensor:
+def predict(net: BaseNet, masks: Sequence, x: torch.Tensor, batchnorm=None) -> torch.Tensor:
     """Class predictions (argmax over all outputs, superfluous ones included) of `net` under one
-    task's `masks` (numpy bool arrays or tensors) for the batch x. Runs at the precision of the
-    caller's `autocast` context, if any."""
-    return net(x.to(net.device, net.dtype), masks_to_tensors(masks, device=net.device, dtype=net.dtype)).argmax(dim=1)
+    task's `masks` (numpy bool arrays or tensors) for the batch x, with the task's BatchNorm
+    running statistics where it has them (resnet18). Runs at the precision of the caller's
+    `autocast` context, if any."""
+    masks = masks_to_tensors(masks, device=net.device, dtype=net.dtype)
+    return net(x.to(net.device, net.dtype), masks, batchnorm).argmax(dim=1)
 
 
 @torch.no_grad()
-def evaluate(net: BaseNet, masks: Sequence, task: Task, batch_size: int = 1000) -> float:
+def evaluate(net: BaseNet, masks: Sequence, task: Task, batch_size: int = 1000, batchnorm=None) -> float:
     """Test accuracy of `net` under `masks` on `task`, with the task given (GG), at the
     precision of the caller's `autocast` context, if any. hopnet's BatchNorm uses the statistics
-    of each test batch, so `batch_size` matters there."""
+    of each test batch, so `batch_size` matters there; resnet18's uses the task's running
+    statistics `batchnorm` (`batchnorm_lists` form, as a run records them) when given."""
     check_masks(net, masks)
     mask_tensors = masks_to_tensors(masks, device=net.device, dtype=net.dtype)
+    stats = None if batchnorm is None else batchnorm_tensors(batchnorm, net.device)
     correct = total = 0
     for x, y in task.test_batches(batch_size):
-        correct += int((predict(net, mask_tensors, x) == y.to(net.device)).sum())
+        correct += int((predict(net, mask_tensors, x, stats) == y.to(net.device)).sum())
         total += y.shape[0]
     return correct / total

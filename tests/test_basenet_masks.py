@@ -191,3 +191,34 @@ def test_stacked_topk_keeps_the_density_of_each_task():
         assert torch.equal(m[k], scores_to_masks([scores[0][k]], cfg)[0])
     (m * torch.arange(800.0).view(4, 20, 10)).sum().backward()  # straight through |S|
     torch.testing.assert_close(scores[0].grad, torch.arange(800.0).view(4, 20, 10) * scores[0].detach().sign())
+
+
+def test_resnet18_layout_seeded_weights_and_running_statistics():
+    net = build_basenet("resnet18", outputs=5, seed=4)
+    shapes = net.mask_shapes
+    # stem, 8 basic blocks (3 with a 1x1 shortcut), final linear: 21 masked layers
+    assert len(shapes) == 21 and shapes[0] == (20, 3, 3, 3) and shapes[-1] == (5, 160)
+    assert [s for s in shapes if s[-1] == 1 and len(s) == 4] == [(40, 20, 1, 1), (80, 40, 1, 1), (160, 80, 1, 1)]
+    assert sum(math.prod(s) for s in shapes) == 1_090_940 and net.spec.batchnorm_widths[-1] == 160
+    w = net.weights[5]  # every weight is ±sqrt(2 / fan_in), fan_in = in * k * k
+    torch.testing.assert_close(w.abs(), torch.full_like(w, math.sqrt(2 / (20 * 9))))
+    assert 0.4 < (w > 0).float().mean() < 0.6
+    again = build_basenet("resnet18", outputs=5, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(net.weights, again.weights))
+    assert not torch.equal(net.weights[0], build_basenet("resnet18", outputs=5, seed=5).weights[0])
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3072, generator=g)
+    masks = [torch.rand(s, generator=g).round() for s in shapes]
+    stats = net.new_batchnorm()
+    batch = net(x, masks)  # batch statistics
+    assert torch.equal(net(x, masks, stats, update=True), batch)  # training: the batch's, folded in
+    mean0 = stats[0][0].clone()
+    assert mean0.abs().sum() > 0 and torch.all(stats[0][1] != 1)
+    net(x, masks, stats)  # evaluation reads the running statistics, does not change them
+    assert torch.equal(stats[0][0], mean0)
+    assert not torch.allclose(net(x, masks, stats), batch)
+    # K tasks at once: each with its own masks and statistics
+    masks2 = [torch.rand(s, generator=g).round() for s in shapes]
+    stacked = net(torch.stack([x, x]), [torch.stack([a, b]) for a, b in zip(masks, masks2)])
+    torch.testing.assert_close(stacked[1], net(x, masks2))
