@@ -1,38 +1,56 @@
-"""Datasets as whole tensors: an IDX (MNIST format) reader and `load_dataset` (docs/METHOD.md §7).
+"""Datasets as whole tensors: an IDX (MNIST format) reader, a CIFAR-100 (binary version) reader
+and `load_dataset` (docs/METHOD.md §7).
 
 The paper's task streams (Wortsman et al. 2020, §4 and Appendix) are built from MNIST; this
-package also runs them over Fashion-MNIST, which installs offline from Debian. A dataset is loaded
-ONCE as uint8 tensors (N, 28, 28) with int64 labels, on the device, so that task streams can
-gather, permute and normalise whole batches there (`streams.py`) instead of running a per-sample
+package also runs them over Fashion-MNIST, which installs offline from Debian, and builds SplitCIFAR100
+from CIFAR-100. A dataset is loaded ONCE as uint8 tensors (N, 28, 28) (MNIST-like) or
+(N, 3, 32, 32) (CIFAR-100) with int64 labels, on the device, so that task streams can gather,
+permute, augment and normalise whole batches there (`streams.py`) instead of running a per-sample
 Python transform pipeline.
 
 IDX format (LeCun): a big-endian header of two zero bytes, a dtype code (0x08 uint8, 0x09 int8,
 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, then one
 big-endian uint32 per dimension, then the data in C order. Files may be gzip-compressed.
+
+CIFAR-100 binary version (Krizhevsky): `train.bin` (50,000 records) and `test.bin` (10,000), each a
+plain sequence of 3074-byte records: 1 byte coarse label (0..19), 1 byte fine label (0..99), then
+3072 pixel bytes, 1024 red, 1024 green, 1024 blue, each channel a row-major 32x32 image. Read
+with `np.frombuffer`, never unpickled.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import shutil
 import struct
+import tarfile
+import tempfile
+import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from supsup_hopfield.errors import UserError
 
-DATASETS = ("mnist", "fashion-mnist")
+DATASETS = ("mnist", "fashion-mnist", "cifar100")
 
-# (mean, std) of the training pixels scaled to [0, 1]: the constants every MNIST recipe uses.
-NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+# (mean, std) of the training pixels scaled to [0, 1]: the constants every MNIST recipe uses;
+# per channel (red, green, blue) for CIFAR-100, the constants of the CIFAR-100 recipes.
+NORMALISATION = {
+    "mnist": (0.1307, 0.3081),
+    "fashion-mnist": (0.2860, 0.3530),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
 
 DEFAULT_DIRS = {
     "mnist": "~/.cache/supsup-hopfield/mnist",
     "fashion-mnist": "/usr/share/datasets/fashion-mnist",  # Debian's dataset-fashion-mnist
+    "cifar100": "~/.cache/supsup-hopfield/cifar100",
 }
 
 # The four files of a dataset, by (split, part); the stem is searched with the suffixes below.
@@ -54,6 +72,13 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _IDX_CODES = {dt.newbyteorder("=").str: code for code, dt in _IDX_DTYPES.items()}
+
+# CIFAR-100, binary version: the two files by split, the archive's folder, the official archive.
+CIFAR100_FILES = {"train": "train.bin", "test": "test.bin"}
+CIFAR100_FOLDER = "cifar-100-binary"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
+CIFAR100_MD5 = "03b5dce01913d631647c71ecec9e9cb8"  # of cifar-100-binary.tar.gz, as published
+CIFAR_RECORD_BYTES = 2 + 3 * 32 * 32  # coarse label, fine label, pixels
 
 
 # ------------------------------------------------------------------------------------ IDX files
@@ -128,13 +153,138 @@ def write_idx(path, array, compress: Optional[bool] = None) -> None:
     path.write_bytes(payload)
 
 
+# --------------------------------------------------------------------------- CIFAR-100 files
+def read_cifar100_bin(path, coarse: bool = False):
+    """Read one CIFAR-100 binary file (`train.bin` or `test.bin`).
+
+    Returns (images uint8 (N, 3, 32, 32), fine labels int64 (N,)), with the coarse labels int64
+    (N,) as a third item when `coarse`. Raises UserError naming the file when it is not the
+    CIFAR-100 binary format (size not a positive multiple of 3074 bytes, a label out of range).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read CIFAR-100 file {path}: {e.strerror or e}; check the path") from e
+    return _parse_cifar100(raw, str(path), coarse)
+
+
+def _parse_cifar100(raw: bytes, name: str, coarse: bool = False):
+    redo = "download it again with `download=True`, or point `data_dir` at the binary version (cifar-100-binary)"
+    if len(raw) == 0 or len(raw) % CIFAR_RECORD_BYTES:
+        raise UserError(
+            f"{name}: expected a positive multiple of {CIFAR_RECORD_BYTES} bytes (records of coarse label, "
+            f"fine label, 3072 pixels), got {len(raw)} bytes; the file is truncated or not the CIFAR-100 "
+            f"binary format: {redo}"
+        )
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, CIFAR_RECORD_BYTES)
+    for column, what, top in ((0, "coarse", 19), (1, "fine", 99)):
+        labels = records[:, column]
+        if labels.max() > top:
+            bad = int(np.argmax(labels > top))
+            raise UserError(
+                f"{name}: expected {what} labels 0..{top}, got {int(labels[bad])} in record {bad}; the file "
+                f"is not the CIFAR-100 binary format (CIFAR-10's has one label byte): {redo}"
+            )
+    images = records[:, 2:].reshape(-1, 3, 32, 32).copy()  # (N, C, H, W): the stored channel order
+    fine = records[:, 1].astype(np.int64)
+    if coarse:
+        return images, fine, records[:, 0].astype(np.int64)
+    return images, fine
+
+
+def find_cifar100_files(folder) -> dict:
+    """Map split ("train"/"test") -> path of `train.bin`/`test.bin` in `folder` or in
+    `<folder>/cifar-100-binary` (the archive's layout). Missing entries are left out."""
+    folder = Path(folder).expanduser()
+    found = {}
+    for split, fname in CIFAR100_FILES.items():
+        hit = next((base / fname for base in (folder, folder / CIFAR100_FOLDER) if (base / fname).is_file()), None)
+        if hit is not None:
+            found[split] = hit
+    return found
+
+
+def extract_cifar100_archive(archive, folder, md5: Optional[str] = None) -> dict:
+    """Check `archive` (a cifar-100-binary.tar.gz) against `md5` (default: the official
+    CIFAR100_MD5), then write its members cifar-100-binary/train.bin and test.bin, and nothing
+    else, to `<folder>/cifar-100-binary/`. Returns split -> written path.
+
+    Only those two member names are read, as regular files, into paths this function chooses, so
+    no member can write outside `folder`; each file is written to a temporary name and renamed.
+    """
+    archive, folder = Path(archive), Path(folder).expanduser()
+    expected = (md5 if md5 is not None else CIFAR100_MD5).lower()
+    digest = hashlib.md5(usedforsecurity=False)  # an integrity check, not security
+    try:
+        with archive.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as e:
+        raise UserError(f"cannot read CIFAR-100 archive {archive}: {e.strerror or e}; check the path") from e
+    if digest.hexdigest() != expected:
+        raise UserError(
+            f"{archive}: expected MD5 {expected}, got {digest.hexdigest()}; the download is damaged or not the "
+            f"official {CIFAR100_URL.rsplit('/', 1)[1]}: download it again with `download=True`, or put "
+            f"train.bin and test.bin in `data_dir`"
+        )
+    wanted = {f"{CIFAR100_FOLDER}/{fname}": split for split, fname in CIFAR100_FILES.items()}
+    dest = folder / CIFAR100_FOLDER
+    written = {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                split = wanted.get(name)
+                if split is None or split in written:
+                    continue  # anything else in the archive is never written
+                if not member.isreg():
+                    raise UserError(
+                        f"{archive}: expected member {name} to be a regular file, got a "
+                        f"{'link' if member.issym() or member.islnk() else 'non-file'}; the archive is not the "
+                        f"official one: download it again with `download=True`"
+                    )
+                dest.mkdir(parents=True, exist_ok=True)
+                written[split] = _write_atomically(tar.extractfile(member), dest / CIFAR100_FILES[split])
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise UserError(
+            f"{archive}: expected a gzip-compressed tar archive, got a damaged one ({e}); "
+            f"download it again with `download=True`"
+        ) from e
+    missing = [n for n, split in wanted.items() if split not in written]
+    if missing:
+        raise UserError(
+            f"{archive}: expected members {', '.join(wanted)}, missing {', '.join(missing)}; the archive is "
+            f"not the CIFAR-100 binary version: download it again with `download=True`"
+        )
+    return written
+
+
+def _write_atomically(source, target: Path) -> Path:
+    """Copy the file object `source` to `target` through a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 # ------------------------------------------------------------------------------------- datasets
+Normalisation = Union[float, Tuple[float, ...]]
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A whole image-classification dataset on one device.
 
-    train_images/test_images: uint8 (N, 28, 28); train_labels/test_labels: int64 (N,).
-    `mean`/`std` normalise pixels scaled to [0, 1]: x = (u8 / 255 - mean) / std.
+    train_images/test_images: uint8 (N, 28, 28), or (N, 3, 32, 32) for CIFAR-100;
+    train_labels/test_labels: int64 (N,). `mean`/`std` normalise pixels scaled to [0, 1]:
+    x = (u8 / 255 - mean) / std; floats for one channel, tuples of one float per channel
+    (red, green, blue) for CIFAR-100.
     """
 
     name: str
@@ -142,9 +292,9 @@ class Dataset:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    mean: float
-    std: float
-    source: str  # the folder the IDX files came from
+    mean: Normalisation
+    std: Normalisation
+    source: str  # the folder the IDX (or CIFAR-100 .bin) files came from
 
     @property
     def n_classes(self) -> int:
@@ -175,17 +325,24 @@ def find_idx_files(folder) -> dict:
 
 
 def load_dataset(name: str, data_dir=None, download: bool = False, device="cpu") -> Dataset:
-    """Load the whole of `name` ("mnist" or "fashion-mnist") as uint8/int64 tensors on `device`.
+    """Load the whole of `name` ("mnist", "fashion-mnist" or "cifar100") as uint8/int64 tensors
+    on `device`.
 
     MNIST: the four IDX files are looked for in `data_dir` (default ~/.cache/supsup-hopfield/mnist);
     with `download=True` torchvision fetches them into `data_dir` first (needs internet) unless
     all four are already there.
     Fashion-MNIST: default folder /usr/share/datasets/fashion-mnist (Debian package
     dataset-fashion-mnist); any folder via `data_dir`.
+    CIFAR-100: train.bin and test.bin (binary version) in `data_dir` or its cifar-100-binary/
+    (default ~/.cache/supsup-hopfield/cifar100); with `download=True` the official archive is
+    fetched, checked against its MD5 and those two files extracted (needs internet) unless both
+    are already there.
     """
     if name not in DATASETS:
         raise UserError(f"dataset: expected one of {', '.join(DATASETS)}, got {name!r}; pick one of those")
     folder = Path(os.path.expanduser(str(data_dir if data_dir is not None else DEFAULT_DIRS[name])))
+    if name == "cifar100":
+        return _load_cifar100(folder, download, torch.device(device))
     if download and len(find_idx_files(folder)) < len(IDX_FILES):
         _download(name, folder)
     files = find_idx_files(folder)
@@ -226,6 +383,58 @@ def load_dataset(name: str, data_dir=None, download: bool = False, device="cpu")
         std=std,
         source=str(folder),
     )
+
+
+def _load_cifar100(folder: Path, download: bool, device: torch.device) -> Dataset:
+    if download and len(find_cifar100_files(folder)) < len(CIFAR100_FILES):
+        _download_cifar100(folder)
+    files = find_cifar100_files(folder)
+    missing = [fname for split, fname in CIFAR100_FILES.items() if split not in files]
+    if missing:
+        raise UserError(
+            f"cifar100: expected {' and '.join(CIFAR100_FILES.values())} (CIFAR-100 binary version) in {folder} "
+            f"or {folder / CIFAR100_FOLDER}, missing {', '.join(missing)}; put them there, pass `data_dir` "
+            f"pointing at them, or pass `download=True`"
+        )
+    arrays = {split: read_cifar100_bin(path) for split, path in files.items()}
+    mean, std = NORMALISATION["cifar100"]
+
+    def to_tensor(a, dtype):
+        return torch.from_numpy(a).to(device=device, dtype=dtype)
+
+    return Dataset(
+        name="cifar100",
+        train_images=to_tensor(arrays["train"][0], torch.uint8),
+        train_labels=to_tensor(arrays["train"][1], torch.int64),
+        test_images=to_tensor(arrays["test"][0], torch.uint8),
+        test_labels=to_tensor(arrays["test"][1], torch.int64),
+        mean=mean,
+        std=std,
+        source=str(files["train"].parent),
+    )
+
+
+def _download_cifar100(folder: Path) -> None:
+    """Fetch the official archive into a temporary file in `folder`, then check and extract it
+    (`extract_cifar100_archive`); the archive is deleted afterwards."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cifar100: cannot create {folder}: {e.strerror or e}; pass a writable `data_dir`") from e
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".cifar-100-binary.", suffix=".tar.gz.part")
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(CIFAR100_URL, timeout=60) as response:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except Exception as e:  # network errors come as many types (URLError, TimeoutError, ...)
+            reason = " ".join(str(e).split())[:200]
+            raise UserError(
+                f"cifar100: expected to download {CIFAR100_URL} into {folder}, got an error ({reason}); "
+                f"check the internet connection or put train.bin and test.bin there and pass `data_dir`"
+            ) from e
+        extract_cifar100_archive(tmp, folder, md5=CIFAR100_MD5)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _download(name: str, folder: Path) -> None:

@@ -121,7 +121,7 @@ def test_label_count_mismatch_is_user_error(tmp_path):
 
 
 def test_unknown_dataset():
-    with pytest.raises(UserError, match="expected one of mnist, fashion-mnist, got 'cifar'"):
+    with pytest.raises(UserError, match="expected one of mnist, fashion-mnist, cifar100, got 'cifar'"):
         load_dataset("cifar")
 
 

@@ -36,7 +36,7 @@ def normalise(u8, d):
 
 def test_stream_names():
     assert set(STREAMS) == {f"{k}-{d}" for k in ("permuted", "rotated", "split")
-                            for d in ("mnist", "fashion-mnist")}
+                            for d in ("mnist", "fashion-mnist")} | {"split-cifar100"}
     with pytest.raises(UserError, match="expected one of permuted-mnist"):
         make_stream("shuffled-mnist")
 
