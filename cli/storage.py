@@ -21,8 +21,9 @@ def _shape(ctx, param, value):
 
 
 def _masks_from_archive(path, layer):
-    """One layer's masks (tasks, *layer_shape) from an archive, and the seeded initial masks of
-    the run's tasks as bases for `delta` (rebuilt from the archive's config)."""
+    """The archive's masks by layer (name -> (tasks, *layer_shape)), all of them or only
+    `layer`, and the seeded initial masks of the run's tasks as bases for `delta` (rebuilt from
+    the archive's config; None when the archive holds no run)."""
     from supsup_hopfield.archive import read_archive
     from supsup_hopfield.run import initial_masks, layer_key
 
@@ -30,18 +31,15 @@ def _masks_from_archive(path, layer):
     if not archive.masks:
         raise UserError(f"{path}: holds no explicit masks (trained with --no-keep-masks); "
                         "use --synthetic or an archive with masks")
-    names = sorted(archive.masks)
-    if layer is None and len(names) > 1:
-        raise UserError(f"{path}: holds masks of layers {', '.join(names)}; pick one with --layer")
-    layer = names[0] if layer is None else layer
-    if layer not in archive.masks:
+    names = sorted(archive.masks, key=lambda n: (len(n), n))  # layer2 before layer10
+    if layer is not None and layer not in archive.masks:
         raise UserError(f"--layer: expected one of {', '.join(names)}, got {layer!r}")
-    masks = archive.masks[layer]
-    bases = None
+    chosen = names if layer is None else [layer]
     numbers = {layer_key(l): l for l in range(len(names))}
-    if "run" in archive.config and layer in numbers:
-        bases = initial_masks(archive.config, numbers[layer], len(masks))
-    return masks, bases
+    bases = None
+    if "run" in archive.config and all(n in numbers for n in chosen):
+        bases = {n: initial_masks(archive.config, numbers[n], len(archive.masks[n])) for n in chosen}
+    return {n: archive.masks[n] for n in chosen}, bases
 
 
 @click.command("storage-report")
@@ -60,7 +58,7 @@ def _masks_from_archive(path, layer):
               help="Entries per Hopfield memory block [default: min(entries, 2048)].")
 @click.option("--hopfield-rule", type=click.Choice(RULES), default="projection", show_default=True,
               help="Learning rule of the Hopfield memories the masks are stored in.")
-@click.option("--layer", default=None, help="ARCHIVE: which layer's masks (needed when it holds several).")
+@click.option("--layer", default=None, help="ARCHIVE: only this layer's masks [every layer, and the total].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--plot", type=OutputFile(), default=None,
               help="Write a PNG of total bytes and Hopfield exactness against number of tasks.")
@@ -70,12 +68,20 @@ def storage_report(archive, synthetic, tasks, shape, density, flips, seed, hopfi
     if synthetic == (archive is not None):
         raise UserError("storage-report: expected either --synthetic or an ARCHIVE path, got "
                         + ("both" if synthetic else "neither") + "; pass exactly one")
-    if synthetic:
-        masks, bases = rep.synthetic_masks(tasks, shape, density, flips=flips, seed=seed)
-    else:
-        masks, bases = _masks_from_archive(archive, layer)
-    report = rep.storage_report(masks, bases, hopfield_dim=hopfield_dim, hopfield_rule=hopfield_rule,
-                                curve_points=10 if plot else 1)
+    options = dict(hopfield_dim=hopfield_dim, hopfield_rule=hopfield_rule, curve_points=10 if plot else 1)
+    if synthetic or layer is not None:
+        if synthetic:
+            masks, bases = rep.synthetic_masks(tasks, shape, density, flips=flips, seed=seed)
+        else:
+            layers, bases = _masks_from_archive(archive, layer)
+            masks, bases = layers[layer], None if bases is None else bases[layer]
+        report = rep.storage_report(masks, bases, **options)
+        if plot:
+            rep.plot_storage(report, plot)
+        click.echo(json.dumps(report, indent=2) if as_json else rep.format_table(report))
+        return
+    layers, bases = _masks_from_archive(archive, None)
+    report = rep.run_report(layers, bases, **options)
     if plot:
-        rep.plot_storage(report, plot)
-    click.echo(json.dumps(report, indent=2) if as_json else rep.format_table(report))
+        rep.plot_storage(report["layers"][0] if len(layers) == 1 else report["total"], plot)
+    click.echo(json.dumps(report, indent=2) if as_json else rep.format_run_table(report))

@@ -64,7 +64,7 @@ def synthetic_masks(tasks: int, shape, density: float, flips: float | None = Non
 
 
 def storage_report(masks, bases=None, hopfield_dim=None, hopfield_rule="projection",
-                   hopfield_dtype="float32", formats=None, curve_points=10) -> dict:
+                   hopfield_dtype="float32", formats=None, curve_points=10, _measured=None) -> dict:
     """Measure every storage format on `masks` (tasks, *shape); see the module docstring.
 
     `formats` picks a subset of FORMATS (default: all; delta only when `bases` is given).
@@ -99,8 +99,53 @@ def storage_report(masks, bases=None, hopfield_dim=None, hopfield_rule="projecti
                                                         hopfield_dtype, curve_points)
         else:
             row = _measure_codec(name, masks, bases)
+        if _measured is not None:  # what `run_report` adds up over layers
+            _measured[name] = row
         report["formats"].append(_finish_row(name, row, tasks, entries, report["entropy_bits_per_entry"]))
     return report
+
+
+def run_report(layers: dict, bases: dict | None = None, **options) -> dict:
+    """`storage_report` of every layer of a run (`layers`: name -> masks (tasks, *shape), one row
+    per task in every layer; `bases`: name -> the seeded initial masks, for delta) and the
+    run's total: {"layers": [per-layer reports, each with its "layer" name], "total":
+    {"entries_per_mask", "tasks", "density", "entropy_bits_per_entry", "formats": [...]}}, the
+    total's formats with the per-layer keys, bytes and seconds summed over layers; a task counts
+    as exact when every one of its layers is."""
+    if not layers:
+        raise UserError("layers: expected at least one layer's masks, got none")
+    reports, measured = [], {}
+    for name, masks in layers.items():
+        rows = {}
+        report = storage_report(masks, None if bases is None else bases[name], _measured=rows, **options)
+        reports.append({"layer": name, **report})
+        for fmt, row in rows.items():
+            measured.setdefault(fmt, []).append(row)
+    tasks = {r["tasks"] for r in reports}
+    if len(tasks) != 1:
+        raise UserError(f"layers: expected the same number of tasks in every layer, got "
+                        f"{ {r['layer']: r['tasks'] for r in reports} }")
+    tasks = tasks.pop()
+    entries = sum(r["entries_per_mask"] for r in reports)
+    density = sum(r["density"] * r["entries_per_mask"] for r in reports) / entries
+    total = {"entries_per_mask": entries, "tasks": tasks, "density": density,
+             "entropy_bits_per_entry": entropy_bits(density), "formats": []}
+    for fmt, rows in measured.items():
+        if len(rows) != len(reports):
+            continue  # a format some layer could not be measured in (delta without bases)
+        exact = np.logical_and.reduce([np.asarray(r["exact"], dtype=bool) for r in rows])
+        row = {"total_bytes": sum(r["total_bytes"] for r in rows), "exact": exact,
+               "encode_s": sum(r["encode_s"] for r in rows), "decode_s": sum(r["decode_s"] for r in rows)}
+        total["formats"].append(_finish_row(fmt, row, tasks, entries, total["entropy_bits_per_entry"]))
+    return {"layers": reports, "total": total}
+
+
+def format_run_table(report) -> str:
+    """Each layer's table, then the run's total."""
+    parts = [f"layer {r['layer']}: " + format_table(r) for r in report["layers"]]
+    t = report["total"]
+    parts.append("total: " + format_table({**t, "mask_shape": None}))
+    return "\n\n".join(parts)
 
 
 def crossings(report) -> dict:
@@ -219,7 +264,7 @@ def _measure_codec(name, masks, bases):
     decoded = [codec.decode(blob, base=b) for blob, b in zip(blobs, bases_or_none)]
     t2 = time.perf_counter()
     exact = [d.shape == m.shape and bool(np.array_equal(d, m)) for d, m in zip(decoded, masks)]
-    return {"total_bytes": sum(len(b) for b in blobs), "exact": float(np.mean(exact)),
+    return {"total_bytes": sum(len(b) for b in blobs), "exact": np.array(exact, dtype=bool),
             "encode_s": t1 - t0, "decode_s": t2 - t1}
 
 
@@ -269,8 +314,7 @@ def _measure_hopfield(masks, dim, rule, dtype, curve_points):
              "random_probe_stable": [float(c / (blocks * PROBES)) for c in probe_ok]}
     info = {"dim": dim, "blocks": blocks, "rule": rule, "dtype": str(np.dtype(dtype)), "curve": curve,
             "random_probe_stable": curve["random_probe_stable"][-1]}
-    return {"total_bytes": total, "exact": curve["exact_fraction"][-1],
-            "encode_s": store_s, "decode_s": check_s}, info
+    return {"total_bytes": total, "exact": ok[-1].copy(), "encode_s": store_s, "decode_s": check_s}, info
 
 
 def _warm_up(rule, dtype):
@@ -288,7 +332,7 @@ def _finish_row(name, row, tasks, entries, h):
         "bytes_per_task": row["total_bytes"] / tasks,
         "bits_per_entry": bits,
         "ratio_to_entropy": bits / h if h > 0 else None,
-        "exact_fraction": float(row["exact"]),
+        "exact_fraction": float(np.mean(row["exact"])),  # over tasks
         "encode_mb_s": raw_mb / max(row["encode_s"], 1e-9),
         "decode_mb_s": raw_mb / max(row["decode_s"], 1e-9),
     }

@@ -169,8 +169,23 @@ def test_cli_reads_an_archive(tmp_path):
     write_archive(path, Archive(masks=layers))
     result = _run([str(path), "--synthetic"])
     assert result.exit_code == 2 and "got both" in result.output
-    result = _run([str(path), "--json"])
-    assert result.exit_code == 2 and "pick one with --layer" in result.output
+    result = _run([str(path), "--json"])  # every layer, and the total
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.output)
+    assert [r["layer"] for r in run["layers"]] == ["fc1", "fc2"] and [r["tasks"] for r in run["layers"]] == [3, 3]
+    total = run["total"]
+    assert (total["entries_per_mask"], total["tasks"]) == (16 + 6, 3)
+    by_layer = {r["layer"]: {f["name"]: f for f in r["formats"]} for r in run["layers"]}
+    for f in total["formats"]:
+        parts = [by_layer[layer][f["name"]] for layer in ("fc1", "fc2")]
+        assert set(f) == set(parts[0])  # the per-layer keys
+        assert f["total_bytes"] == sum(p["total_bytes"] for p in parts)
+        assert f["bits_per_entry"] == pytest.approx(8 * f["total_bytes"] / (3 * 22))
+        # a task is exact only when every layer is: the total is at most the worst layer
+        assert f["exact_fraction"] <= min(p["exact_fraction"] for p in parts)
+    assert {f["name"] for f in total["formats"]} == {f["name"] for f in run["layers"][0]["formats"]}
+    text = _run([str(path)]).output
+    assert "layer fc1: 3 masks x 16 entries" in text and "total: 3 masks x 22 entries" in text
     result = _run([str(path), "--layer", "fc3"])
     assert result.exit_code == 2 and "--layer: expected one of fc1, fc2, got 'fc3'" in result.output
     result = _run([str(path), "--layer", "fc2", "--json"])
