@@ -247,7 +247,7 @@ def grid(device, quick):
     dataset = load_dataset("fashion-mnist", device=device)
     stream = make_stream("permuted-fashion-mnist", dataset=dataset)
     ks = (1, 4, 8, 16)
-    print(f"grid: training.train_tasks on permuted-fashion-mnist, K tasks per batched step")
+    print("grid: training.train_tasks on permuted-fashion-mnist, K tasks per batched step")
     print(f"{'model':<8}{'precision':>11}{'K':>4}{'steps':>7}{'task-steps/s':>14}{'vs K=1, 32':>12}"
           f"{'GFLOP/s':>9}{'of GEMM':>9}")
     failed = []

@@ -92,7 +92,9 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
         memory_rule, memory_layout, note = choose_memory(model, widths, tasks, memory_rule, memory_layout,
                                                          hopfield_dim)
         if note:
-            click.echo(f"note: {note}", err=True)
+            from supsup_hopfield.cli.main import in_flags
+
+            click.echo(f"note: {in_flags(note, ctx.command.params)}", err=True)
     given = {k: v for k, v in train_opts.items() if v is not None}
     train_cfg = TrainConfig.for_architecture(model, seed=seed, device=device, precision=precision, **given)
     if precision == "bf16-mixed" and not bf16_is_native(resolve_device(device)):

@@ -451,6 +451,11 @@ def stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool):
     device = resolve_device(cfg.train.device)
     stream = make_stream(cfg.dataset, seed=cfg.seed, n_tasks=tasks if "split" in cfg.dataset else None,
                          data_dir=data_dir, download=download, device=device)
+    images = stream.dataset.name == "cifar100"
+    if images != (cfg.model == "resnet18"):
+        raise UserError(f"model: {cfg.model} does not take {cfg.dataset}'s images; pass "
+                        f"`model='resnet18'` for split-cifar100, and an MLP (`model='lenet'`, 'fc1024' or "
+                        f"'hopnet') for the 28x28 streams")
     if cfg.outputs < stream.n_classes:
         raise UserError(f"outputs: {cfg.dataset} has labels 0..{stream.n_classes - 1}, so it needs at least "
                         f"{stream.n_classes} output neurons, got {cfg.outputs}; pass `outputs={stream.n_classes}`")

@@ -6,7 +6,8 @@ Per task: fresh scores from (seed, task) (`masks.init_scores`), `steps` random b
 cross-entropy over all outputs (superfluous ones included), only the scores trained. The paper's
 recipe: 1000 batches of 128, RMSProp lr 1e-4 (no momentum, no weight decay). For the HopSupSup
 network the paper's code uses SGD lr 0.1, momentum 0.9, weight decay 1e-4 for one epoch;
-`TrainConfig.for_architecture("hopnet")` returns that recipe.
+`TrainConfig.for_architecture("hopnet")` returns that recipe; for resnet18 on SplitCIFAR100 it
+uses Adam lr 1e-3 (`for_architecture("resnet18")`).
 
 Measured here (CPU, 1 thread, Fashion-MNIST, seed 0):
 - lenet 784-300-100-500, threshold weight masks, permuted tasks 0-2, paper recipe:
@@ -85,6 +86,8 @@ class TrainConfig:
         base = cls()
         if architecture == "hopnet":  # the paper's HopSupSup recipe
             base = replace(base, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=1e-4)
+        if architecture == "resnet18":  # the paper's SplitCIFAR100 recipe
+            base = replace(base, lr=1e-3, optimizer="adam")
         return replace(base, **overrides)
 
     def to_dict(self) -> dict:
