@@ -86,6 +86,7 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
     if threads and executor == "local":
         torch.set_num_threads(threads)
 
+    notes = []  # said once the run has passed its checks, so that a refusal stays one line
     if resume and memory_rule == "auto":  # the run's own memory, whatever auto would pick now
         memory_rule, memory_layout = _saved_memory(out, memory_layout)
     else:
@@ -94,21 +95,23 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
         if note:
             from supsup_hopfield.cli.main import in_flags
 
-            click.echo(f"note: {in_flags(note, ctx.command.params)}", err=True)
+            notes.append(in_flags(note, ctx.command.params))
     given = {k: v for k, v in train_opts.items() if v is not None}
     train_cfg = TrainConfig.for_architecture(model, seed=seed, device=device, precision=precision, **given)
     if precision == "bf16-mixed" and not bf16_is_native(resolve_device(device)):
-        click.echo("note: this device has no bfloat16 arithmetic, so bf16-mixed is emulated and slower than "
-                   "--precision 32 (a hopnet step: 1.8x to 130x as long, measured)", err=True)
+        notes.append("this device has no bfloat16 arithmetic, so bf16-mixed is emulated and slower than "
+                     "--precision 32 (a hopnet step: 1.8x to 130x as long, measured)")
     cfg = RunConfig(dataset=dataset, model=model, widths=widths, outputs=outputs, seed=seed,
                     memory_rule=memory_rule, memory_layout=memory_layout, hopfield_dim=hopfield_dim,
                     keep_masks=keep_masks, train=train_cfg)
     if scenario == "nns":
         if resume:
             raise click.UsageError("--resume: NNs runs are not resumable; start again with --force")
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
         _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download)
         return
-    bar = _Bar()
+    bar = _Bar(notes)
     try:
         with _executor(executor, workers, threads, ray_address) as runner:
             archive = train_run(cfg, tasks, out, resume=resume, force=force, checkpoint_every=checkpoint_every,
@@ -188,14 +191,18 @@ def summary(archive, out) -> str:
 class _Bar:
     """tqdm bar over task-steps: task, step, loss, tasks per hour, ETA."""
 
-    def __init__(self):
+    def __init__(self, notes=()):
         self.bar = None
         self.finished = 0
+        self.notes = list(notes)
 
     def start(self, done, total, steps):
         import time
 
         from tqdm import tqdm
+
+        for note in self.notes:
+            click.echo(f"note: {note}", err=True)
 
         self.finished, self.total, self.steps = done, total, steps
         self.t0, self.done0 = time.perf_counter(), done
