@@ -25,7 +25,7 @@ def _masks_from_archive(path, layer):
     `layer`, and the seeded initial masks of the run's tasks as bases for `delta` (rebuilt from
     the archive's config; None when the archive holds no run)."""
     from supsup_hopfield.archive import read_archive
-    from supsup_hopfield.run import initial_masks, layer_key
+    from supsup_hopfield.run import MASK_KINDS, initial_masks, layer_key, seeded_context
 
     archive = read_archive(path)
     if not archive.masks:
@@ -36,10 +36,13 @@ def _masks_from_archive(path, layer):
         raise UserError(f"--layer: expected one of {', '.join(names)}, got {layer!r}")
     chosen = names if layer is None else [layer]
     numbers = {layer_key(l): l for l in range(len(names))}
-    bases = None
+    bases = seeded = None
     if "run" in archive.config and all(n in numbers for n in chosen):
         bases = {n: initial_masks(archive.config, numbers[n], len(archive.masks[n])) for n in chosen}
-    return {n: archive.masks[n] for n in chosen}, bases
+        if MASK_KINDS.get(archive.config["run"].get("model")) == "weight":  # a weight per mask entry
+            seeded = {n: seeded_context(archive.config, numbers[n], len(archive.masks[n])) for n in chosen}
+            seeded = None if any(v is None for v in seeded.values()) else seeded
+    return {n: archive.masks[n] for n in chosen}, bases, seeded
 
 
 @click.command("storage-report")
@@ -73,15 +76,16 @@ def storage_report(archive, synthetic, tasks, shape, density, flips, seed, hopfi
         if synthetic:
             masks, bases = rep.synthetic_masks(tasks, shape, density, flips=flips, seed=seed)
         else:
-            layers, bases = _masks_from_archive(archive, layer)
+            layers, bases, seeded = _masks_from_archive(archive, layer)
             masks, bases = layers[layer], None if bases is None else bases[layer]
+            options["seeded"] = None if seeded is None else seeded[layer]
         report = rep.storage_report(masks, bases, **options)
         if plot:
             rep.plot_storage(report, plot)
         click.echo(json.dumps(report, indent=2) if as_json else rep.format_table(report))
         return
-    layers, bases = _masks_from_archive(archive, None)
-    report = rep.run_report(layers, bases, **options)
+    layers, bases, seeded = _masks_from_archive(archive, None)
+    report = rep.run_report(layers, bases, seeded, **options)
     if plot:
         rep.plot_storage(report["layers"][0] if len(layers) == 1 else report["total"], plot)
     click.echo(json.dumps(report, indent=2) if as_json else rep.format_run_table(report))

@@ -2,11 +2,13 @@
 
 Every codec has one interface: ``CODECS[name].encode(mask, base=None) -> bytes`` and
 ``CODECS[name].decode(blob, base=None) -> bool ndarray`` with an exact round trip for masks of
-any shape (0-D, 1-D, 2-D, ..., size 0 included). ``base`` is only used by ``delta``.
+any shape (0-D, 1-D, 2-D, ..., size 0 included). ``base`` is only used by ``delta`` (the seeded
+initial mask) and ``delta-context`` (the layer's initial scores and base weights).
 
 Blob layout, little-endian, shared header then the codec's body::
 
     magic    4 bytes   b"MKCS" csc16 | b"MKBP" bitpack | b"MKEN" entropy | b"MKDX" delta
+                       | b"MKDC" delta-context
     version  u8        1
     ndim     u8
     shape    ndim x u32
@@ -24,6 +26,17 @@ Blob layout, little-endian, shared header then the codec's body::
              total bytes = 18 + 4*ndim + 4*n_words   (~ n*H(p)/8 + a few bytes)
     delta    as entropy, applied to mask XOR base (base: same-shape mask, e.g. the task's seeded
              initial mask, which costs nothing to store).
+    delta-context
+             flags u8 (bit 0: row bits sent, bit 1: column bits sent), crc32 u32 of the
+             np.packbits of the mask; then the row bits (packbits, R) and column bits (C) that
+             are sent; 32 probability bytes; n_words u32 and the ANS words.
+             base = (initial scores s0, base weights w), the mask's shape. The decoder rebuilds
+             the initial mask s0 >= 0 and, per entry, its context: the |s0| bucket (16 equal
+             parts of [0, max |s0|]) and the direction bit (s0 >= 0) xor (w > 0) xor row bit xor
+             column bit (R x C view as for csc16). Context k = 2 * bucket + direction has flip
+             probability sigmoid((byte_k - 128) / 12). The flips (mask XOR s0 >= 0) are coded
+             context by context (C order within one), each run under its own Bernoulli model;
+             the encoder sends the side bits only where they pay for themselves.
 
 `entropy_bits(p)` is the binary entropy H(p) in bits, the bound the entropy codec approaches.
 """
@@ -31,6 +44,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 
 import constriction
 import numpy as np
@@ -245,6 +259,182 @@ class Delta(Entropy):
         return self._ans_decode(body, math.prod(shape)).reshape(shape) ^ b
 
 
+class DeltaContext(Codec):
+    """Flips against the seeded initial mask, ANS-coded with a flip probability per context that
+    the decoder rebuilds from the seed (docs/METHOD.md §8). `base` = (initial scores, base
+    weights) of the mask's layer, same shape as the mask, both rebuilt from the run's seed."""
+
+    name = "delta-context"
+    magic = b"MKDC"
+
+    def parts(self, shape, base):
+        """What the decoder rebuilds from `base`: the initial mask (s0 >= 0), each entry's
+        |score| bucket (|s0| / max |s0| in CONTEXT_BUCKETS equal parts) and its direction bit
+        (s0 >= 0 xor w > 0: whether the masked weight starts on the side its sign favours), the
+        last two as the mask's (R, C) matrix view."""
+        scores, weights = self._check_base(base, shape)
+        r, c = _csc_view(shape)
+        scores = scores.reshape(r, c)
+        initial = scores >= 0
+        magnitude = np.abs(scores)
+        top = float(magnitude.max()) if scores.size else 0.0
+        bucket = np.zeros((r, c), np.uint8) if top == 0 else \
+            np.minimum(magnitude * (CONTEXT_BUCKETS / top), CONTEXT_BUCKETS - 1).astype(np.uint8)
+        return initial, bucket, initial ^ (weights.reshape(r, c) > 0)
+
+    def _check_base(self, base, shape):
+        if not isinstance(base, (tuple, list)) or len(base) != 2:
+            raise UserError(f"delta-context: expected base=(initial scores, base weights) of shape {tuple(shape)}, "
+                            f"got {type(base).__name__}; pass the layer's seeded scores and weights")
+        scores, weights = (np.asarray(b) for b in base)
+        if scores.shape != tuple(shape) or weights.shape != tuple(shape):
+            raise UserError(f"delta-context: expected initial scores and weights of shape {tuple(shape)}, got "
+                            f"{scores.shape} and {weights.shape}; pass those of the mask's layer")
+        return scores, weights
+
+    def _body(self, m, base):
+        initial, bucket, direction = self.parts(m.shape, base)
+        flips = m.reshape(initial.shape) ^ initial
+        r, c = initial.shape
+        rows, cols = _side_bits(flips, direction)
+        # flip counts per (bucket, direction, row bit, column bit): every choice of side bits
+        # sent (none, rows, columns, both) is priced from them without another pass
+        cell = (((bucket.astype(np.intp) * 2 + direction) * 2 + rows[:, None]) * 2 + cols[None, :]) * 2 + flips
+        both = np.bincount(cell.ravel(), minlength=16 * CONTEXT_BUCKETS).reshape(CONTEXT_BUCKETS, 2, 2, 2, 2)
+        n, ones = both.sum(-1), both[..., 1]
+        best = None
+        for use in ((False, False), (True, False), (False, True), (True, True)):
+            turn = np.array([[[a * use[0] ^ b * use[1] for b in (0, 1)] for a in (0, 1)]])  # (1, rbit, cbit)
+            counts = [np.zeros((CONTEXT_BUCKETS, 2)), np.zeros((CONTEXT_BUCKETS, 2))]
+            for d in (0, 1):
+                for a in (0, 1):
+                    for b in (0, 1):
+                        e = d ^ int(turn[0, a, b])
+                        counts[0][:, e] += n[:, d, a, b]
+                        counts[1][:, e] += ones[:, d, a, b]
+            table = _flip_table(counts[0].ravel(), counts[1].ravel())
+            cost = _ideal_bits(counts[0].ravel(), counts[1].ravel(), table) + r * use[0] + c * use[1]
+            if best is None or cost < best[0]:
+                best = (cost, use, table)
+        _, (use_rows, use_cols), table = best
+        turned = direction ^ (rows[:, None] & use_rows) ^ (cols[None, :] & use_cols)
+        ctx = (bucket * np.uint8(2) + turned).ravel()
+        head = struct.pack("<BI", use_rows | use_cols << 1, zlib.crc32(np.packbits(m.ravel())))
+        side = (np.packbits(rows).tobytes() if use_rows else b"") + (np.packbits(cols).tobytes() if use_cols else b"")
+        words = _ans_encode_grouped(flips.ravel(), ctx, _probabilities(table))
+        return head + side + table.astype(np.uint8).tobytes() + struct.pack("<I", words.size) + words.tobytes()
+
+    def _unbody(self, body, shape, base):
+        initial, bucket, direction = self.parts(shape, base)
+        r, c = initial.shape
+        if len(body) < 5:
+            self._fail(f"expected 5 bytes of flags and checksum, got {len(body)}")
+        flags, crc = struct.unpack_from("<BI", body, 0)
+        if flags > 3:
+            self._fail(f"unknown flags {flags}")
+        off = 5
+        if flags & 1:
+            rows, off = self._bits(body, off, r)
+            direction = direction ^ rows[:, None]
+        if flags & 2:
+            cols, off = self._bits(body, off, c)
+            direction = direction ^ cols[None, :]
+        need = off + 2 * CONTEXT_BUCKETS + 4
+        if len(body) < need:
+            self._fail(f"expected at least {need} bytes of side information, got {len(body)}")
+        table = np.frombuffer(body, np.uint8, count=2 * CONTEXT_BUCKETS, offset=off)
+        words = struct.unpack_from("<I", body, off + 2 * CONTEXT_BUCKETS)[0]
+        if len(body) != need + 4 * words:
+            self._fail(f"expected {need + 4 * words} body bytes, got {len(body)}")
+        ctx = (bucket * np.uint8(2) + direction).ravel()
+        order, counts = _grouping(ctx)
+        probabilities = _probabilities(table)
+        compressed = np.frombuffer(body, "<u4", offset=need).astype(np.uint32)
+        grouped = np.empty(ctx.size, bool)
+        try:
+            coder = constriction.stream.stack.AnsCoder(compressed)
+            start = 0
+            for k, count in enumerate(counts):  # context by context, as the encoder stacked them
+                if count:
+                    model = constriction.stream.model.Bernoulli(probabilities[k], perfect=False)
+                    grouped[start:start + count] = coder.decode(model, int(count))
+                start += count
+            empty = coder.is_empty()
+        except Exception as e:  # the Rust core rejects some damaged streams outright
+            self._fail(f"ANS decoder failed ({e})")
+        if not empty:
+            self._fail("ANS stream longer than the mask (damaged code, or another base)")
+        flips = np.empty(ctx.size, bool)
+        flips[order] = grouped
+        mask = (flips.reshape(r, c) ^ initial).reshape(shape)
+        if zlib.crc32(np.packbits(mask.ravel())) != crc:
+            self._fail("the decoded mask does not match its checksum (damaged code, or another base)")
+        return mask
+
+    def _bits(self, body, off, count):
+        size = packed_bytes(count)
+        if len(body) < off + size:
+            self._fail(f"expected {size} bytes of side bits, got {len(body) - off}")
+        bits = np.unpackbits(np.frombuffer(body, np.uint8, count=size, offset=off))
+        if bits[count:].any():
+            self._fail("nonzero padding in the side bits")
+        return bits[:count].astype(bool), off + size
+
+
+CONTEXT_BUCKETS = 16  # |initial score| buckets of delta-context
+_LOGIT_STEP = 12.0  # a context's flip probability is sent as one byte k: p = sigmoid((k - 128) / 12)
+
+
+def _side_bits(flips, direction, sweeps: int = 4):
+    """Row and column bits r, c that make direction ^ r ^ c agree on most flipped entries: the
+    sign pattern of a rank-one fit to the flips' directions (alternating majority votes)."""
+    vote = (flips * np.where(direction, 1, -1)).astype(np.float32)  # +1, -1 on flips, 0 elsewhere
+    rows = np.zeros(vote.shape[0], bool)
+    cols = np.zeros(vote.shape[1], bool)
+    for _ in range(sweeps):
+        cols = vote.T @ np.where(rows, -1.0, 1.0).astype(np.float32) > 0
+        rows = vote @ np.where(cols, -1.0, 1.0).astype(np.float32) > 0
+    return rows, cols
+
+
+def _flip_table(n, ones):
+    """Each context's flip rate as the byte k whose p = sigmoid((k - 128) / 12) costs the
+    context's entries the fewest bits (an empty context gets 128: p = 1/2)."""
+    k = np.arange(256)
+    p = _probabilities(k)  # (256,)
+    cost = -(ones[:, None] * np.log2(p)[None, :] + (n - ones)[:, None] * np.log2(1 - p)[None, :])
+    return np.argmin(cost, axis=1).astype(np.int64)
+
+
+def _probabilities(k):
+    return 1.0 / (1.0 + np.exp(-(np.asarray(k, np.float64) - 128.0) / _LOGIT_STEP))
+
+
+def _ideal_bits(n, ones, table):
+    p = _probabilities(table)
+    return float(-(ones * np.log2(p) + (n - ones) * np.log2(1 - p)).sum())
+
+
+def _grouping(ctx):
+    """The entries ordered context by context (stable: C order within a context), and how
+    many each context holds."""
+    return np.argsort(ctx, kind="stable"), np.bincount(ctx, minlength=2 * CONTEXT_BUCKETS)
+
+
+def _ans_encode_grouped(bits, ctx, probabilities):
+    """One ANS stream of `bits`, context by context, each context's run under its own
+    Bernoulli(p): a constant model per run is several times faster than a parameter per bit."""
+    order, counts = _grouping(ctx)
+    grouped = bits[order].astype(np.int32)
+    ends = np.cumsum(counts)
+    coder = constriction.stream.stack.AnsCoder()
+    for k in reversed(range(counts.size)):  # a stack: the last context first
+        if counts[k]:
+            coder.encode_reverse(grouped[ends[k] - counts[k]:ends[k]],
+                                 constriction.stream.model.Bernoulli(probabilities[k], perfect=False))
+    return coder.get_compressed().astype("<u4")
+
+
 def _bernoulli(ones, n):
     return constriction.stream.model.Bernoulli(ones / n, perfect=False)
 
@@ -259,7 +449,7 @@ def _ans_encode(bits: np.ndarray) -> bytes:
     return _ENT.pack(ones, words.size) + words.tobytes()
 
 
-CODECS: dict[str, Codec] = {c.name: c for c in (Csc16(), Bitpack(), Entropy(), Delta())}
+CODECS: dict[str, Codec] = {c.name: c for c in (Csc16(), Bitpack(), Entropy(), Delta(), DeltaContext())}
 _BY_MAGIC = {c.magic: c for c in CODECS.values()}
 
 

@@ -26,13 +26,15 @@ import numpy as np
 
 from supsup_hopfield.compression.codecs import CODECS, check_mask, entropy_bits
 from supsup_hopfield.errors import UserError, check_fits
+from supsup_hopfield.dynamics import sign
 from supsup_hopfield.memory import HopfieldMemory, block_edges
 from supsup_hopfield.rules import theoretical_capacity
 
-EXPLICIT = ("csc16", "bitpack", "entropy", "delta")
+EXPLICIT = ("csc16", "bitpack", "entropy", "delta", "delta-context")
 FORMATS = EXPLICIT + ("hopfield",)
 DEFAULT_HOPFIELD_DIM = 2048  # the paper's masked-layer width (HopSupSup, d = 2048)
 PROBES, PROBE_SEED = 16, 12345  # random ±1 states checked per memory block for saturation
+LOW_PRECISIONS = ("float16", "int8")  # the Hopfield memory also reported stored at these
 
 
 def synthetic_masks(tasks: int, shape, density: float, flips: float | None = None, seed: int = 0):
@@ -64,12 +66,14 @@ def synthetic_masks(tasks: int, shape, density: float, flips: float | None = Non
 
 
 def storage_report(masks, bases=None, hopfield_dim=None, hopfield_rule="projection",
-                   hopfield_dtype="float32", formats=None, curve_points=10, _measured=None) -> dict:
+                   hopfield_dtype="float32", formats=None, curve_points=10, seeded=None, _measured=None) -> dict:
     """Measure every storage format on `masks` (tasks, *shape); see the module docstring.
 
-    `formats` picks a subset of FORMATS (default: all; delta only when `bases` is given).
-    `curve_points` task counts (about evenly spaced) at which the Hopfield exact fraction is
-    measured while the masks are stored incrementally (1: only at the end).
+    `formats` picks a subset of FORMATS (default: all; delta only when `bases` is given,
+    delta-context only when `seeded` = (initial scores (tasks, *shape), base weights (*shape)),
+    what a threshold-mask run rebuilds from its seed, is given). `curve_points` task counts
+    (about evenly spaced) at which the Hopfield exact fraction is measured while the masks are
+    stored incrementally (1: only at the end).
     """
     masks = check_mask(masks, "masks")
     if masks.ndim < 1 or masks.shape[0] < 1:
@@ -78,7 +82,13 @@ def storage_report(masks, bases=None, hopfield_dim=None, hopfield_rule="projecti
         bases = check_mask(bases, "bases")
         if bases.shape != masks.shape:
             raise UserError(f"bases: expected shape {masks.shape} (one base per mask), got {bases.shape}")
-    formats = _check_formats(formats, bases is not None)
+    if seeded is not None:
+        scores, weights = (np.asarray(a) for a in seeded)
+        if scores.shape != masks.shape or weights.shape != masks.shape[1:]:
+            raise UserError(f"seeded: expected initial scores of shape {masks.shape} and weights of shape "
+                            f"{masks.shape[1:]}, got {scores.shape} and {weights.shape}; pass those of these masks")
+        seeded = scores, weights
+    formats = _check_formats(formats, bases is not None, seeded is not None)
     tasks, entries = masks.shape[0], math.prod(masks.shape[1:])
     density = float(masks.mean()) if masks.size else 0.0
     report = {
@@ -93,19 +103,26 @@ def storage_report(masks, bases=None, hopfield_dim=None, hopfield_rule="projecti
         flip = float((masks ^ bases).mean()) if masks.size else 0.0
         report["flip_fraction"] = flip
         report["delta_entropy_bits_per_entry"] = entropy_bits(flip)
+    low_rows = []
     for name in formats:
         if name == "hopfield":
-            row, report["hopfield"] = _measure_hopfield(masks, hopfield_dim, hopfield_rule,
-                                                        hopfield_dtype, curve_points)
+            row, report["hopfield"], low = _measure_hopfield(masks, hopfield_dim, hopfield_rule,
+                                                             hopfield_dtype, curve_points)
+            for precision, low_row in low.items():  # the same memory at fewer bits, after its own row
+                low_rows.append((f"hopfield-{precision}", low_row))
         else:
-            row = _measure_codec(name, masks, bases)
+            row = _measure_codec(name, masks, bases, seeded)
         if _measured is not None:  # what `run_report` adds up over layers
+            _measured[name] = row
+        report["formats"].append(_finish_row(name, row, tasks, entries, report["entropy_bits_per_entry"]))
+    for name, row in low_rows:
+        if _measured is not None:
             _measured[name] = row
         report["formats"].append(_finish_row(name, row, tasks, entries, report["entropy_bits_per_entry"]))
     return report
 
 
-def run_report(layers: dict, bases: dict | None = None, **options) -> dict:
+def run_report(layers: dict, bases: dict | None = None, seeded: dict | None = None, **options) -> dict:
     """`storage_report` of every layer of a run (`layers`: name -> masks (tasks, *shape), one row
     per task in every layer; `bases`: name -> the seeded initial masks, for delta) and the
     run's total: {"layers": [per-layer reports, each with its "layer" name], "total":
@@ -117,7 +134,8 @@ def run_report(layers: dict, bases: dict | None = None, **options) -> dict:
     reports, measured = [], {}
     for name, masks in layers.items():
         rows = {}
-        report = storage_report(masks, None if bases is None else bases[name], _measured=rows, **options)
+        report = storage_report(masks, None if bases is None else bases[name], _measured=rows,
+                                seeded=None if seeded is None else seeded[name], **options)
         reports.append({"layer": name, **report})
         for fmt, row in rows.items():
             measured.setdefault(fmt, []).append(row)
@@ -155,7 +173,7 @@ def crossings(report) -> dict:
         return {}
     fixed = rows["hopfield"]["total_bytes"]
     return {name: fixed / r["bytes_per_task"] for name, r in rows.items()
-            if name != "hopfield" and r["bytes_per_task"] > 0}
+            if not name.startswith("hopfield") and r["bytes_per_task"] > 0}
 
 
 def format_table(report) -> str:
@@ -180,6 +198,9 @@ def format_table(report) -> str:
                    f" fixed size shared by all tasks; x H(p) is against H of the mask density")
         out.append(f"hopfield: random +-1 probes that are fixed points: {h['random_probe_stable']:.3f}"
                    f" (near 1: saturated, every pattern is 'held', so exact means nothing)")
+        keeps = h["keeps_every_pattern"]
+        out.append("hopfield: every stored mask stays a fixed point at " + (", ".join(keeps) if keeps else "no precision")
+                   + f" (hopfield-float16: Ψ in float16; hopfield-int8: int8 with a float32 scale per row)")
         cross = crossings(report)
         if cross:
             out.append("hopfield's fixed size equals " + ", ".join(
@@ -212,9 +233,9 @@ def plot_storage(report, path) -> None:
                              gridspec_kw={"height_ratios": [2, 1]} if has_curve else None, squeeze=False)
     ax = axes[0, 0]
     colors = dict(zip(FORMATS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    styles = {"csc16": "-", "bitpack": "-", "entropy": "--", "delta": "-"}
+    styles = {"csc16": "-", "bitpack": "-", "entropy": "--", "delta": "-", "delta-context": "-."}
     for name, r in rows.items():
-        if name == "hopfield":
+        if name.startswith("hopfield"):
             continue
         where = f"; = hopfield at {cross[name]:,.0f} tasks" if name in cross else ""
         ax.plot(x, r["bytes_per_task"] * x, styles[name], color=colors[name],
@@ -255,9 +276,11 @@ def plot_storage(report, path) -> None:
 # --------------------------------------------------------------------------------------------
 # measurements
 # --------------------------------------------------------------------------------------------
-def _measure_codec(name, masks, bases):
+def _measure_codec(name, masks, bases, seeded=None):
     codec = CODECS[name]
     bases_or_none = bases if name == "delta" else [None] * len(masks)
+    if name == "delta-context":
+        bases_or_none = [(scores, seeded[1]) for scores in seeded[0]]
     t0 = time.perf_counter()
     blobs = [codec.encode(m, base=b) for m, b in zip(masks, bases_or_none)]
     t1 = time.perf_counter()
@@ -285,6 +308,8 @@ def _measure_hopfield(masks, dim, rule, dtype, curve_points):
     points[-1] = tasks
     _warm_up(rule, dtype)
     ok = np.ones((len(points), tasks), dtype=bool)  # ok[k, i]: mask i exact after points[k] tasks
+    low = {name: {"total_bytes": 0, "exact": np.ones(tasks, dtype=bool), "encode_s": 0.0, "decode_s": 0.0}
+           for name in LOW_PRECISIONS}  # the final memories rounded to fewer bits
     # random ±1 probes that are fixed points reveal a saturated memory (e.g. projection with
     # Ψ = I once its span is full): it then "holds" every mask, and so tells none apart
     probe_rng = np.random.default_rng(PROBE_SEED)
@@ -306,6 +331,14 @@ def _measure_hopfield(masks, dim, rule, dtype, curve_points):
                 check_s += time.perf_counter() - t1
             probe_ok[k] += int(np.count_nonzero(memory.stable(probes)))
             done = n
+        for name, row in low.items():
+            t0 = time.perf_counter()
+            couplings, nbytes = _rounded(memory, name)
+            t1 = time.perf_counter()
+            row["exact"] &= _fixed_points(couplings, block)
+            row["total_bytes"] += nbytes
+            row["encode_s"] += t1 - t0
+            row["decode_s"] += time.perf_counter() - t1
         total += int(memory.nbytes)
         blocks += 1
         del memory
@@ -313,8 +346,31 @@ def _measure_hopfield(masks, dim, rule, dtype, curve_points):
              "exact_fraction": [float(ok[k, :n].mean()) for k, n in enumerate(points)],
              "random_probe_stable": [float(c / (blocks * PROBES)) for c in probe_ok]}
     info = {"dim": dim, "blocks": blocks, "rule": rule, "dtype": str(np.dtype(dtype)), "curve": curve,
-            "random_probe_stable": curve["random_probe_stable"][-1]}
-    return {"total_bytes": total, "exact": ok[-1].copy(), "encode_s": store_s, "decode_s": check_s}, info
+            "random_probe_stable": curve["random_probe_stable"][-1],
+            "keeps_every_pattern": [str(np.dtype(dtype))] * bool(ok[-1].all()) +
+                                   [name for name, row in low.items() if row["exact"].all()]}
+    return {"total_bytes": total, "exact": ok[-1].copy(), "encode_s": store_s, "decode_s": check_s}, info, low
+
+
+def _rounded(memory, precision):
+    """The couplings `memory`'s dynamics use, its Ψ stored at `precision` and read back, and
+    the bytes that storage takes: float16 (2 bytes a weight), or int8 with a float32 scale per
+    row (max |row| / 127; a row's scale never changes the sign of its field, so it does not
+    change which states are fixed points)."""
+    w = np.asarray(memory.couplings, dtype=np.float32)  # what the dynamics use (no diagonal for -zd rules)
+    if precision == "float16":
+        rounded, nbytes = w.astype(np.float16).astype(np.float32), 2 * w.size
+    else:
+        scale = np.abs(w).max(axis=1, keepdims=True) / 127
+        scale[scale == 0] = 1
+        rounded, nbytes = np.round(w / scale).clip(-127, 127) * scale, w.size + 4 * w.shape[0]
+    return rounded, nbytes + memory.nbytes - memory.weights.nbytes  # a margin memory's patterns stay
+
+
+def _fixed_points(couplings, masks):
+    """Which masks (n, d) are fixed points of sign(J z), z = 2m − 1."""
+    z = np.where(masks, 1, -1).astype(np.float32)
+    return (sign(z @ couplings.T) == z).all(axis=1)
 
 
 def _warm_up(rule, dtype):
@@ -378,13 +434,16 @@ def _check_fraction(value, name):
     return value
 
 
-def _check_formats(formats, have_bases):
+def _check_formats(formats, have_bases, have_seeded=False):
     if formats is None:
-        return [f for f in FORMATS if f != "delta" or have_bases]
+        return [f for f in FORMATS if (f != "delta" or have_bases) and (f != "delta-context" or have_seeded)]
     formats = list(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UserError(f"formats: expected names from {list(FORMATS)}, got {unknown}")
     if "delta" in formats and not have_bases:
         raise UserError("formats: 'delta' needs bases, got none; pass bases= or drop 'delta'")
+    if "delta-context" in formats and not have_seeded:
+        raise UserError("formats: 'delta-context' needs the seeded scores and weights, got none; pass seeded= "
+                        "or drop 'delta-context'")
     return formats

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from supsup_hopfield.archive import Archive, read_archive, write_archive
-from supsup_hopfield.basenet import DEFAULT_WIDTHS, MASK_KINDS, BaseNetSpec, build_basenet
+from supsup_hopfield.basenet import DEFAULT_WIDTHS, MASK_KINDS, BaseNetSpec, build_basenet, signed_constant
 from supsup_hopfield.errors import UserError, check_fits
-from supsup_hopfield.masks import initial_mask
+from supsup_hopfield.masks import init_scores, initial_mask
 from supsup_hopfield.memory import HopfieldMemory, block_edges
 from supsup_hopfield.packed import PackedMaskBank, PackedMasks, mask_sha256
 from supsup_hopfield.rules import RULES
@@ -243,6 +243,19 @@ def initial_masks(config: dict, layer: int, tasks: int) -> np.ndarray:
     saved = SavedRun.from_config(config)
     train = saved.run.train
     return np.stack([initial_mask(saved.base_network, train.mask_config, train.seed, t)[layer] for t in range(tasks)])
+
+
+def seeded_context(config: dict, layer: int, tasks: int):
+    """What the `delta-context` codec conditions on for layer `layer` of a saved run, rebuilt
+    from its seed: the initial scores of tasks 0..tasks−1 (tasks, *shape) and the base weights
+    (*shape). None unless the run has threshold masks (its initial mask is then scores >= 0)."""
+    saved = SavedRun.from_config(config)
+    train = saved.run.train
+    if train.mask != "threshold":
+        return None
+    scores = np.stack([init_scores(saved.base_network, train.mask_config, train.seed, t)[layer].detach().numpy()
+                       for t in range(tasks)])
+    return scores, signed_constant(saved.base_network.weight_shapes[layer], saved.base_network.seed, layer).numpy()
 
 
 class Progress:

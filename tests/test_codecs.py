@@ -18,6 +18,18 @@ def _mask(rng, shape, p):
     return rng.random(shape) < p
 
 
+def _base(name, base):
+    """What codec `name` takes as base for a mask whose seeded start is the mask `base`:
+    delta-context takes the (initial scores, base weights) that start there (scores >= 0 where
+    `base` is set), every other codec the mask itself."""
+    if name != "delta-context":
+        return base
+    base = np.asarray(base).astype(bool)
+    rng = np.random.default_rng(base.size)
+    magnitude = rng.uniform(0.01, 1.0, base.shape)
+    return np.where(base, magnitude, -magnitude).astype(np.float32), np.where(rng.random(base.shape) < 0.5, -1.0, 1.0)
+
+
 @settings(max_examples=150, deadline=None)
 @given(shape=st.sampled_from(SHAPES),
        p=st.one_of(st.sampled_from(DENSITIES), st.floats(0, 1)),
@@ -28,13 +40,13 @@ def test_every_codec_round_trips_exactly(shape, p, q, seed):
     mask = _mask(rng, shape, p)
     base = mask ^ _mask(rng, shape, q)
     for name, codec in CODECS.items():
-        blob = codec.encode(mask, base=base)
+        blob = codec.encode(mask, base=_base(name, base))
         assert isinstance(blob, bytes)
         assert codec_of(blob) == name
-        out = codec.decode(blob, base=base)
+        out = codec.decode(blob, base=_base(name, base))
         assert out.dtype == np.bool_ and out.shape == mask.shape, name
         assert np.array_equal(out, mask), name
-        assert np.array_equal(decode(blob, base=base), mask)
+        assert np.array_equal(decode(blob, base=_base(name, base)), mask)
 
 
 @settings(max_examples=60, deadline=None)
@@ -92,8 +104,9 @@ def test_delta_codes_13_percent_flips_near_h():
 
 def test_integer_zero_one_masks_are_accepted_and_others_rejected():
     m = np.array([[0, 1, 1], [1, 0, 0]], dtype=np.uint8)
-    for codec in CODECS.values():
-        assert np.array_equal(codec.decode(codec.encode(m, base=m), base=m), m.astype(bool))
+    for name, codec in CODECS.items():
+        b = _base(name, m)
+        assert np.array_equal(codec.decode(codec.encode(m, base=b), base=b), m.astype(bool))
     with pytest.raises(ValueError, match="expected a bool array"):
         CODECS["bitpack"].encode(np.array([0.5, 1.0]))
     with pytest.raises(ValueError, match="expected a bool array"):
@@ -104,7 +117,7 @@ def test_integer_zero_one_masks_are_accepted_and_others_rejected():
 def test_every_truncation_raises_value_error(name):
     rng = np.random.default_rng(3)
     mask = _mask(rng, (20, 30), 0.3)
-    base = _mask(rng, mask.shape, 0.5)
+    base = _base(name, _mask(rng, mask.shape, 0.5))
     blob = CODECS[name].encode(mask, base=base)
     for cut in range(len(blob)):
         with pytest.raises(ValueError, match=f"^{name}: .*(truncated|corrupt)"):
@@ -119,14 +132,14 @@ def test_wrong_magic_and_version_raise_value_error(name):
     other = "bitpack" if name != "bitpack" else "csc16"
     blob = CODECS[other].encode(mask, base=mask)
     with pytest.raises(ValueError, match=f"expected magic .*; decode it with CODECS\\['{other}'\\]"):
-        CODECS[name].decode(blob, base=mask)
-    mine = bytearray(CODECS[name].encode(mask, base=mask))
+        CODECS[name].decode(blob, base=_base(name, mask))
+    mine = bytearray(CODECS[name].encode(mask, base=_base(name, mask)))
     mine[4] = 99
     with pytest.raises(ValueError, match="version 99 unsupported"):
-        CODECS[name].decode(bytes(mine), base=mask)
+        CODECS[name].decode(bytes(mine), base=_base(name, mask))
     with pytest.raises(ValueError, match=f"^{name}: expected magic {CODECS[name].magic!r}, got b'JUNK'; "
                                          "it is not a mask blob$"):
-        CODECS[name].decode(b"JUNK" + bytes(mine[4:]), base=mask)
+        CODECS[name].decode(b"JUNK" + bytes(mine[4:]), base=_base(name, mask))
     with pytest.raises(ValueError, match="not a mask blob"):
         decode(b"JUNK")
 
@@ -203,9 +216,9 @@ def test_blobs_are_the_documented_bytes():
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
 def test_decode_takes_any_bytes_like_blob(kind):
     for name, codec in CODECS.items():
-        blob = codec.encode(GOLDEN_MASK, base=GOLDEN_BASE)
-        assert np.array_equal(codec.decode(kind(blob), base=GOLDEN_BASE), GOLDEN_MASK), name
-        assert np.array_equal(decode(kind(blob), base=GOLDEN_BASE), GOLDEN_MASK), name
+        blob = codec.encode(GOLDEN_MASK, base=_base(name, GOLDEN_BASE))
+        assert np.array_equal(codec.decode(kind(blob), base=_base(name, GOLDEN_BASE)), GOLDEN_MASK), name
+        assert np.array_equal(decode(kind(blob), base=_base(name, GOLDEN_BASE)), GOLDEN_MASK), name
     with pytest.raises(ValueError, match="^bitpack: expected a bytes blob, got int$"):
         CODECS["bitpack"].decode(7)
 
@@ -223,8 +236,8 @@ def test_shape_limits_of_the_header():
 def test_empty_integer_masks_are_masks():
     for shape in [(0,), (3, 0)]:
         m = np.zeros(shape, np.int64)
-        for codec in CODECS.values():
-            out = codec.decode(codec.encode(m, base=m), base=m)
+        for name, codec in CODECS.items():
+            out = codec.decode(codec.encode(m, base=_base(name, m)), base=_base(name, m))
             assert out.dtype == np.bool_ and out.shape == shape
 
 
@@ -286,3 +299,52 @@ def test_entropy_bits_is_quiet_and_keeps_the_input_kind():
         assert type(entropy_bits(0.0)) is float and entropy_bits(0.0) == 0.0  # not a numpy scalar
     assert isinstance(h, np.ndarray) and h.shape == (3,)
     np.testing.assert_allclose(h, [0.0, 0.0, -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))])
+
+
+def _trained_like(rng, shape):
+    """Initial scores, base weights and a mask whose flips follow what training does: rare where
+    |s0| is large, mostly in the direction the weight's sign favours."""
+    scores = rng.uniform(-1, 1, shape).astype(np.float32)
+    weights = np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
+    favoured = (scores >= 0) ^ (weights > 0)
+    p = np.where(favoured, 0.5, 0.05) * np.exp(-6 * np.abs(scores))
+    return (scores >= 0) ^ (rng.random(shape) < p), (scores, weights)
+
+
+def test_delta_context_beats_delta_on_trained_like_masks_and_round_trips():
+    rng = np.random.default_rng(5)
+    mask, base = _trained_like(rng, (300, 784))
+    blob = CODECS["delta-context"].encode(mask, base=base)
+    assert np.array_equal(CODECS["delta-context"].decode(blob, base=base), mask)
+    plain = CODECS["delta"].encode(mask, base=base[0] >= 0)
+    flips = float((mask ^ (base[0] >= 0)).mean())
+    assert len(blob) < 0.8 * len(plain) and 8 * len(plain) / mask.size == pytest.approx(entropy_bits(flips), rel=0.02)
+    # the contexts the decoder rebuilds are a function of the base alone
+    a, b = CODECS["delta-context"].parts(mask.shape, base), CODECS["delta-context"].parts(mask.shape, tuple(np.copy(x) for x in base))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert set(np.unique(a[1])) == set(range(16))
+
+
+def test_delta_context_refuses_damage_and_the_wrong_base():
+    rng = np.random.default_rng(6)
+    mask, base = _trained_like(rng, (40, 50))
+    blob = CODECS["delta-context"].encode(mask, base=base)
+    refused = 0
+    for i in range(14, len(blob)):  # every byte after the shared header (magic, version, shape), one bit flipped
+        bad = bytearray(blob)
+        bad[i] ^= 0x10
+        try:
+            out = CODECS["delta-context"].decode(bytes(bad), base=base)
+        except ValueError as e:
+            assert str(e).startswith("delta-context: corrupt or truncated blob") and "\n" not in str(e)
+            refused += 1
+        else:
+            assert np.array_equal(out, mask)  # an unused padding bit or probability byte: same mask
+    assert refused >= 0.9 * (len(blob) - 14)
+    other = (base[0], -base[1])  # another seed's weights: the stream or the checksum disagrees
+    with pytest.raises(ValueError, match="^delta-context: corrupt or truncated blob: .*another base"):
+        CODECS["delta-context"].decode(blob, base=other)
+    with pytest.raises(ValueError, match=r"expected base=\(initial scores, base weights\)"):
+        CODECS["delta-context"].encode(mask, base=mask)
+    with pytest.raises(ValueError, match="expected initial scores and weights of shape"):
+        CODECS["delta-context"].encode(mask, base=(base[0][:2], base[1]))

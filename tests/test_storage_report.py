@@ -74,10 +74,18 @@ def test_full_report_keys_and_hopfield_accounting():
     masks, bases = synthetic_masks(12, (10, 25), 0.5, flips=0.1, seed=5)
     report = storage_report(masks, bases, hopfield_dim=64, curve_points=4)
     assert {"tasks", "entries_per_mask", "entropy_bits_per_entry", "formats"} <= set(report)
-    assert [r["name"] for r in report["formats"]] == ["csc16", "bitpack", "entropy", "delta", "hopfield"]
+    assert [r["name"] for r in report["formats"]] == ["csc16", "bitpack", "entropy", "delta", "hopfield",
+                                                      "hopfield-float16", "hopfield-int8"]
     assert all(set(r) == ROW_KEYS for r in report["formats"])
     hop = _rows(report)["hopfield"]
     assert hop["total_bytes"] == 4 * (3 * 64 * 64 + 58 * 58)  # blocks 64, 64, 64, 58 in float32
+    # the same memories at fewer bits: 2 bytes a weight; 1 byte a weight and a float32 scale per row
+    assert _rows(report)["hopfield-float16"]["total_bytes"] == 2 * (3 * 64 * 64 + 58 * 58)
+    assert _rows(report)["hopfield-int8"]["total_bytes"] == (3 * 64 * 64 + 58 * 58) + 4 * (3 * 64 + 58)
+    keeps = report["hopfield"]["keeps_every_pattern"]
+    assert keeps[0] == "float32" and set(keeps) <= {"float32", "float16", "int8"}
+    assert all((name in keeps) == (_rows(report)[f"hopfield-{name}"]["exact_fraction"] == 1.0)
+               for name in ("float16", "int8"))
     assert hop["exact_fraction"] == 1.0  # 12 patterns, projection rule, blocks of >= 58
     assert report["hopfield"]["blocks"] == 4
     assert report["hopfield"]["curve"]["tasks"] == [1, 5, 8, 12]
@@ -140,7 +148,8 @@ def test_cli_json_and_table():
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert {"tasks", "entries_per_mask", "entropy_bits_per_entry", "formats"} <= set(report)
-    assert [r["name"] for r in report["formats"]] == ["csc16", "bitpack", "entropy", "delta", "hopfield"]
+    assert [r["name"] for r in report["formats"]] == ["csc16", "bitpack", "entropy", "delta", "hopfield",
+                                                      "hopfield-float16", "hopfield-int8"]
     assert all(set(r) == ROW_KEYS for r in report["formats"])
     result = _run(["--synthetic", "--tasks", "3", "--shape", "4,5", "--density", "0.5"])
     assert result.exit_code == 0 and "bitpack" in result.output and "delta" not in result.output
@@ -207,3 +216,48 @@ def test_cli_hopfield_rule_option():
     assert json.loads(result.output)["hopfield"]["rule"] == "storkey"
     result = _run(["--synthetic", "--tasks", "5", "--shape", "16,8", "--hopfield-rule", "oja"])
     assert result.exit_code == 2 and "'oja' is not one of" in result.output
+
+
+def test_low_precision_memories_are_checked_with_their_rounded_couplings():
+    from supsup_hopfield.compression.report import _fixed_points, _rounded
+    from supsup_hopfield.memory import HopfieldMemory
+
+    rng = np.random.default_rng(9)
+    masks = rng.random((60, 64)) < 0.5
+    memory = HopfieldMemory(64, "projection-zd").store(masks)  # fields (1 - Ψii) z: small near capacity
+    assert np.array_equal(_fixed_points(np.asarray(memory.couplings), masks), memory.stable(masks))
+    half, nbytes = _rounded(memory, "float16")
+    assert nbytes == 2 * 64 * 64 and np.array_equal(half, np.asarray(memory.couplings).astype(np.float16))
+    coarse, nbytes = _rounded(memory, "int8")
+    assert nbytes == 64 * 64 + 4 * 64
+    rows = np.abs(np.asarray(memory.couplings)).max(1, keepdims=True) / 127
+    assert np.all(np.abs(coarse - memory.couplings) <= rows / 2 + 1e-6)  # rounding, row by row
+    assert len(np.unique(np.round(coarse / rows))) > 100  # really 8-bit levels, not a copy
+    # a pattern whose fields are finer than int8's step is lost, and reported so
+    weights = np.array([[0, 1, 0.999], [1, 0, -1], [0.999, -1, 0]], dtype=np.float32)  # margins of 0.001
+    tiny = HopfieldMemory.from_state(weights, "projection-zd", 1)
+    z = np.array([[True, True, False]])
+    assert _fixed_points(np.asarray(tiny.couplings), z).all()
+    assert not _fixed_points(_rounded(tiny, "int8")[0], z).all()
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="dataset-fashion-mnist not installed")
+def test_run_report_of_a_trained_lenet_has_delta_context_below_delta(tmp_path):
+    from supsup_hopfield.archive import read_archive
+    from supsup_hopfield.run import RunConfig, seeded_context, train_run
+    from supsup_hopfield.training import TrainConfig
+
+    out = tmp_path / "lenet.h5"
+    cfg = RunConfig(dataset="permuted-fashion-mnist", model="lenet", widths=(60, 30), memory_rule=None,
+                    train=TrainConfig(steps=60, lr=1e-3, device="cpu"))
+    train_run(cfg, 2, out)
+    result = _run([str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    total = {f["name"]: f for f in json.loads(result.output)["total"]["formats"]}
+    assert {"delta", "delta-context", "hopfield-float16", "hopfield-int8"} <= set(total)
+    assert total["delta-context"]["exact_fraction"] == 1.0
+    assert total["delta-context"]["bits_per_entry"] < 0.95 * total["delta"]["bits_per_entry"]
+    # the contexts are rebuilt from the archive's config alone: the same arrays every time
+    a, b = seeded_context(read_archive(out).config, 0, 2), seeded_context(read_archive(out).config, 0, 2)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[0].shape == (2, 60, 784)
