@@ -107,6 +107,9 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
     if scenario == "nns":
         if resume:
             raise click.UsageError("--resume: NNs runs are not resumable; start again with --force")
+        if executor != "local" or parallel_tasks > 1:
+            raise click.UsageError("--executor and --parallel-tasks: the NNs learner sees one stream in order, "
+                                   "so it trains in this process one batch at a time; drop them")
         for note in notes:
             click.echo(f"note: {note}", err=True)
         _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download)

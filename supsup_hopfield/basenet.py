@@ -71,6 +71,9 @@ class BaseNetSpec:
         if not widths or min(widths) < 1:
             raise UserError(f"widths: expected one or more positive hidden widths, got {list(widths)}; "
                             "pass e.g. `widths=(300, 100)`")
+        if self.architecture == "resnet18" and len(widths) != 1:
+            raise UserError(f"widths: resnet18 takes one base width (its number of first-stage filters), got "
+                            f"{list(widths)}; pass e.g. `widths=(20,)`")
         if int(self.outputs) < 2:
             raise UserError(f"outputs: expected at least 2 output neurons, got {self.outputs}; pass `outputs=10` or more")
 

@@ -109,7 +109,9 @@ def test_train_speed_options_refuse_what_they_cannot_do(tmp_path, monkeypatch):
              (["--ray-address", "auto"], "add --executor ray"),
              (["--parallel-tasks", "0"], "--parallel-tasks"),
              (["--threads", "0"], "--threads"),
-             (["--precision", "16-mixed"], "'16-mixed' is not one of '32', 'bf16-mixed'")]
+             (["--precision", "16-mixed"], "'16-mixed' is not one of '32', 'bf16-mixed'"),
+             (["--scenario", "nns", "--parallel-tasks", "4"], "the NNs learner sees one stream in order"),
+             (["--model", "resnet18", "--widths", "20,40"], "resnet18 takes one base width")]
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     cases.append((["--executor", "ray"], "Ray is not installed; install it with pip install 'supsup-hopfield[ray]'"))
     for args, message in cases:
