@@ -68,9 +68,12 @@ class RayExecutor:
             self._started = True
             return self
         # a private Ray on this machine: every service on the loopback address, no dashboard
-        import ray._private.ray_constants as constants
+        try:  # where Ray was imported before this executor set the variable (the check below stays)
+            import ray._private.ray_constants as constants
 
-        constants.ENABLE_RAY_CLUSTER = False  # where Ray was imported before this executor set the variable
+            constants.ENABLE_RAY_CLUSTER = False
+        except ImportError:
+            pass
         ray.init(num_cpus=self.workers * self.threads, include_dashboard=False, log_to_driver=False,
                  object_store_memory=OBJECT_STORE_BYTES)
         self._started = True
@@ -133,17 +136,17 @@ def exposed_sockets(root_pid: int | None = None) -> list:
         import ray  # noqa: F401
         import psutil
     root = psutil.Process(root_pid or os.getpid())
-    processes = {p.pid: p for p in [root, *root.children(recursive=True)]}
     exposed = []
-    for c in psutil.net_connections(kind="inet"):
-        if c.status != psutil.CONN_LISTEN or c.pid not in processes:
+    for process in [root, *root.children(recursive=True)]:  # per process: no root rights needed
+        try:
+            connections = getattr(process, "net_connections", None) or process.connections
+            listening = [c for c in connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            name = process.name()
+        except psutil.Error:  # it ended meanwhile
             continue
-        address = ipaddress.ip_address(c.laddr.ip.split("%")[0])
-        address = getattr(address, "ipv4_mapped", None) or address
-        if not address.is_loopback:
-            try:
-                name = processes[c.pid].name()
-            except psutil.Error:
-                name = "?"
-            exposed.append((c.pid, name, c.laddr.ip, c.laddr.port))
+        for c in listening:
+            address = ipaddress.ip_address(c.laddr.ip.split("%")[0])
+            address = getattr(address, "ipv4_mapped", None) or address
+            if not address.is_loopback:
+                exposed.append((process.pid, name, c.laddr.ip, c.laddr.port))
     return exposed
