@@ -200,7 +200,7 @@ def format_table(report) -> str:
                    f" (near 1: saturated, every pattern is 'held', so exact means nothing)")
         keeps = h["keeps_every_pattern"]
         out.append("hopfield: every stored mask stays a fixed point at " + (", ".join(keeps) if keeps else "no precision")
-                   + f" (hopfield-float16: Ψ in float16; hopfield-int8: int8 with a float32 scale per row)")
+                   + " (hopfield-float16: Ψ in float16; hopfield-int8: int8 with a float32 scale per row)")
         cross = crossings(report)
         if cross:
             out.append("hopfield's fixed size equals " + ", ".join(
