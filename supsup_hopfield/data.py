@@ -367,6 +367,12 @@ def load_dataset(name: str, data_dir=None, download: bool = False, device="cpu")
                 f"{files[(split, 'labels')]}: expected {images.shape[0]} labels in 0..9, got shape "
                 f"{labels.shape}; pass the label file matching {files[(split, 'images')].name}"
             )
+    splits = {split: (arrays[(split, "images")], arrays[(split, "labels")]) for split in ("train", "test")}
+    return _on_device(name, splits, folder, device)
+
+
+def _on_device(name: str, splits: dict, source, device) -> Dataset:
+    """The Dataset of `name` from split -> (uint8 images, labels) numpy arrays, on `device`."""
     device = torch.device(device)
     mean, std = NORMALISATION[name]
 
@@ -375,13 +381,13 @@ def load_dataset(name: str, data_dir=None, download: bool = False, device="cpu")
 
     return Dataset(
         name=name,
-        train_images=to_tensor(arrays[("train", "images")], torch.uint8),
-        train_labels=to_tensor(arrays[("train", "labels")], torch.int64),
-        test_images=to_tensor(arrays[("test", "images")], torch.uint8),
-        test_labels=to_tensor(arrays[("test", "labels")], torch.int64),
+        train_images=to_tensor(splits["train"][0], torch.uint8),
+        train_labels=to_tensor(splits["train"][1], torch.int64),
+        test_images=to_tensor(splits["test"][0], torch.uint8),
+        test_labels=to_tensor(splits["test"][1], torch.int64),
         mean=mean,
         std=std,
-        source=str(folder),
+        source=str(source),
     )
 
 
@@ -396,22 +402,8 @@ def _load_cifar100(folder: Path, download: bool, device: torch.device) -> Datase
             f"or {folder / CIFAR100_FOLDER}, missing {', '.join(missing)}; put them there, pass `data_dir` "
             f"pointing at them, or pass `download=True`"
         )
-    arrays = {split: read_cifar100_bin(path) for split, path in files.items()}
-    mean, std = NORMALISATION["cifar100"]
-
-    def to_tensor(a, dtype):
-        return torch.from_numpy(a).to(device=device, dtype=dtype)
-
-    return Dataset(
-        name="cifar100",
-        train_images=to_tensor(arrays["train"][0], torch.uint8),
-        train_labels=to_tensor(arrays["train"][1], torch.int64),
-        test_images=to_tensor(arrays["test"][0], torch.uint8),
-        test_labels=to_tensor(arrays["test"][1], torch.int64),
-        mean=mean,
-        std=std,
-        source=str(files["train"].parent),
-    )
+    return _on_device("cifar100", {split: read_cifar100_bin(path) for split, path in files.items()},
+                      files["train"].parent, device)
 
 
 def _download_cifar100(folder: Path) -> None:
@@ -427,11 +419,7 @@ def _download_cifar100(folder: Path) -> None:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(CIFAR100_URL, timeout=60) as response:
                 shutil.copyfileobj(response, out, 1 << 20)
         except Exception as e:  # network errors come as many types (URLError, TimeoutError, ...)
-            reason = " ".join(str(e).split())[:200]
-            raise UserError(
-                f"cifar100: expected to download {CIFAR100_URL} into {folder}, got an error ({reason}); "
-                f"check the internet connection or put train.bin and test.bin there and pass `data_dir`"
-            ) from e
+            raise _download_failed("cifar100", CIFAR100_URL, folder, "train.bin and test.bin", e) from e
         extract_cifar100_archive(tmp, folder, md5=CIFAR100_MD5)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -447,8 +435,11 @@ def _download(name: str, folder: Path) -> None:
         for train in (True, False):
             cls(str(folder), train=train, download=True)
     except Exception as e:  # network errors come as many types (URLError, RuntimeError, ...)
-        reason = " ".join(str(e).split())[:200]
-        raise UserError(
-            f"{name}: expected to download the IDX files into {folder}, got an error ({reason}); "
-            f"check the internet connection or put the four IDX files there and pass `data_dir`"
-        ) from e
+        raise _download_failed(name, "the IDX files", folder, "the four IDX files", e) from e
+
+
+def _download_failed(name: str, what: str, folder: Path, files: str, error: Exception) -> UserError:
+    """The one-line error of a download that failed, and what to do instead."""
+    reason = " ".join(str(error).split())[:200]
+    return UserError(f"{name}: expected to download {what} into {folder}, got an error ({reason}); "
+                     f"check the internet connection or put {files} there and pass `data_dir`")
