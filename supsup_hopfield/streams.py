@@ -314,26 +314,20 @@ class TaskStream:
             test = rotate_images(d.test_images, angle).reshape(-1, N_PIXELS)
             return Task(i, self.kind, train, d.train_labels, test, d.test_labels,
                         description={"angle": angle}, **common)
-        if self.cifar:
-            return self._build_cifar(i)
-        classes = split_classes(i)
+        if self.cifar:  # 5 classes of a seeded partition, images augmented while training
+            return self._split_task(i, self.class_split[i], image_shape=tuple(d.train_images.shape[1:]),
+                                    augment=True)
+        return self._split_task(i, split_classes(i))
 
-        def subset(x, y):
-            rows = torch.nonzero((y == classes[0]) | (y == classes[1])).squeeze(1)
-            ys = y.index_select(0, rows)
-            return x.index_select(0, rows), (ys - classes[0] if self.relabel else ys)
-
-        train_x, train_y = subset(self._train_x, d.train_labels)
-        test_x, test_y = subset(self._test_x, d.test_labels)
-        return Task(i, self.kind, train_x, train_y, test_x, test_y,
-                    description={"classes": list(classes)}, **common)
-
-    def _build_cifar(self, i: int) -> Task:
+    def _split_task(self, i: int, classes, **task_options) -> Task:
+        """Task i of a split stream: the rows of `classes`, labelled by their position in
+        `classes` with `relabel`, else by their own class."""
         d = self.dataset
-        classes = self.class_split[i]
-        # lookup table: fine class -> its position in the task's row (0..4), -1 for other classes
-        table = torch.full((CIFAR_CLASSES,), -1, dtype=torch.int64, device=d.device)
-        table[torch.from_numpy(classes).to(d.device)] = torch.arange(len(classes), device=d.device)
+        classes = [int(c) for c in classes]
+        # lookup table: class -> its label in this task, -1 for the classes of other tasks
+        table = torch.full((max(d.n_classes, max(classes) + 1),), -1, dtype=torch.int64, device=d.device)
+        table[torch.tensor(classes, device=d.device)] = (torch.arange(len(classes), device=d.device) if self.relabel
+                                                         else torch.tensor(classes, device=d.device))
 
         def subset(x, y):
             new = table[y]
@@ -343,8 +337,7 @@ class TaskStream:
         train_x, train_y = subset(self._train_x, d.train_labels)
         test_x, test_y = subset(self._test_x, d.test_labels)
         return Task(i, self.kind, train_x, train_y, test_x, test_y, mean=d.mean, std=d.std,
-                    description={"classes": [int(c) for c in classes]},
-                    image_shape=tuple(d.train_images.shape[1:]), augment=True)
+                    description={"classes": classes}, **task_options)
 
 
 def make_stream(name: str, seed: int = 0, n_tasks: Optional[int] = None, data_dir=None,
