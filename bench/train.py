@@ -51,7 +51,7 @@ from itertools import islice
 
 import torch
 
-from supsup_hopfield.basenet import _resnet_convs, build_basenet
+from supsup_hopfield.basenet import _resnet_blocks, _resnet_convs, build_basenet
 from supsup_hopfield.data import DEFAULT_DIRS, find_idx_files, load_dataset
 from supsup_hopfield.masks import init_scores
 from supsup_hopfield.streams import make_stream, task_permutation
@@ -338,7 +338,7 @@ class PlainResNet(torch.nn.Module):
         self.convs = torch.nn.ModuleList(torch.nn.Conv2d(i, o, k, stride, k // 2, bias=False)
                                          for (o, i, k, _), stride in convs)
         self.bns = torch.nn.ModuleList(torch.nn.BatchNorm2d(o, affine=False) for (o, *_), _ in convs)
-        self.kinds = [k for (_, _, k, _), _ in convs]
+        self.blocks = _resnet_blocks(spec.widths[0])[1]
         self.linear = torch.nn.Linear(8 * spec.widths[0], spec.outputs, bias=False)
 
     def forward(self, x):
@@ -349,12 +349,9 @@ class PlainResNet(torch.nn.Module):
             return bn(conv(h))
 
         h = torch.relu(conv_bn(x.view(-1, 3, 32, 32)))
-        i = 1
-        while i < len(self.kinds):
-            shortcut = i + 2 < len(self.kinds) and self.kinds[i + 2] == 1
+        for block in self.blocks:
             out = conv_bn(torch.relu(conv_bn(h)))
-            h = torch.relu(out + (conv_bn(h) if shortcut else h))
-            i += 3 if shortcut else 2
+            h = torch.relu(out + (conv_bn(h) if len(block) == 3 else h))
         return self.linear(torch.nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
 
 

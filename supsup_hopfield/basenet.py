@@ -125,21 +125,28 @@ class BaseNetSpec:
                 "gain": GAIN}
 
 
-def _resnet_convs(width: int):
-    """((out, in, k, k), stride) of resnet18's convolutions in forward order: a 3×3 stem, then 4
-    stages of 2 basic blocks (planes width·2^s, the first block of stages 2-4 at stride 2, with a
-    1×1 shortcut convolution where the shape changes)."""
-    convs = [((width, IMAGE_SHAPE[0], 3, 3), 1)]
-    planes_in = width
+def _resnet_blocks(width: int):
+    """resnet18's layout: the stem's ((out, in, k, k), stride), then its 8 basic blocks, each the
+    list of its convolutions: two 3×3, then a 1×1 shortcut where the shape changes. 4 stages of 2
+    blocks, planes width·2^s; the first block of stages 2-4 runs at stride 2."""
+    stem, blocks, planes_in = ((width, IMAGE_SHAPE[0], 3, 3), 1), [], width
     for stage in range(4):
         planes = width * 2 ** stage
         for block in range(2):
             stride = 2 if (stage > 0 and block == 0) else 1
-            convs += [((planes, planes_in, 3, 3), stride), ((planes, planes, 3, 3), 1)]
+            convs = [((planes, planes_in, 3, 3), stride), ((planes, planes, 3, 3), 1)]
             if stride != 1 or planes_in != planes:
                 convs.append(((planes, planes_in, 1, 1), stride))
+            blocks.append(convs)
             planes_in = planes
-    return convs
+    return stem, blocks
+
+
+def _resnet_convs(width: int):
+    """((out, in, k, k), stride) of resnet18's convolutions in forward order (`_resnet_blocks`
+    flattened): each block's two convolutions, then its shortcut."""
+    stem, blocks = _resnet_blocks(width)
+    return [stem] + [conv for block in blocks for conv in block]
 
 
 def signed_constant(shape: Tuple[int, ...], seed: int, layer: int) -> torch.Tensor:
@@ -254,14 +261,9 @@ class BaseNet(nn.Module):
             return F.batch_norm(h, mean, var, training=mean is None or update, momentum=BN_MOMENTUM, eps=BN_EPS)
 
         h = F.relu(conv_bn(x.reshape(-1, *IMAGE_SHAPE)))
-        planes_in = self.spec.widths[0]
-        for stage in range(4):
-            planes = self.spec.widths[0] * 2 ** stage
-            for block in range(2):
-                reshape = (stage > 0 and block == 0) or planes_in != planes
-                out = conv_bn(F.relu(conv_bn(h)))
-                h = F.relu(out + (conv_bn(h) if reshape else h))
-                planes_in = planes
+        for block in _resnet_blocks(self.spec.widths[0])[1]:
+            out = conv_bn(F.relu(conv_bn(h)))
+            h = F.relu(out + (conv_bn(h) if len(block) == 3 else h))  # a third convolution: the shortcut
         h = F.adaptive_avg_pool2d(h, 1).flatten(1)  # (B, 8 * width)
         return F.linear(h, weights[-1])
 
