@@ -142,6 +142,13 @@ class Codec:
     def _fail(self, what):
         raise UserError(f"{self.name}: corrupt or truncated blob: {what}; re-encode the mask")
 
+    def _unpack(self, packed, count, padding="padding bits"):
+        """`count` bools from np.packbits bytes, refusing nonzero padding."""
+        bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8))
+        if bits[count:].any():
+            self._fail(f"nonzero {padding}")
+        return bits[:count].astype(bool)
+
 
 class Csc16(Codec):
     """Compressed sparse column, uint32 column pointers and explicit uint16 row indices."""
@@ -193,10 +200,7 @@ class Bitpack(Codec):
         n = math.prod(shape)
         if len(body) != packed_bytes(n):
             self._fail(f"expected {packed_bytes(n)} packed bytes for {n} entries, got {len(body)}")
-        bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
-        if bits[n:].any():
-            self._fail("nonzero padding bits")
-        return bits[:n].astype(bool).reshape(shape)
+        return self._unpack(body, n).reshape(shape)
 
 
 class Entropy(Codec):
@@ -302,18 +306,14 @@ class DeltaContext(Codec):
         cell = (((bucket.astype(np.intp) * 2 + direction) * 2 + rows[:, None]) * 2 + cols[None, :]) * 2 + flips
         both = np.bincount(cell.ravel(), minlength=16 * CONTEXT_BUCKETS).reshape(CONTEXT_BUCKETS, 2, 2, 2, 2)
         n, ones = both.sum(-1), both[..., 1]
+        d, a, b = np.ix_((0, 1), (0, 1), (0, 1))  # direction, row bit, column bit
         best = None
         for use in ((False, False), (True, False), (False, True), (True, True)):
-            turn = np.array([[[a * use[0] ^ b * use[1] for b in (0, 1)] for a in (0, 1)]])  # (1, rbit, cbit)
-            counts = [np.zeros((CONTEXT_BUCKETS, 2)), np.zeros((CONTEXT_BUCKETS, 2))]
-            for d in (0, 1):
-                for a in (0, 1):
-                    for b in (0, 1):
-                        e = d ^ int(turn[0, a, b])
-                        counts[0][:, e] += n[:, d, a, b]
-                        counts[1][:, e] += ones[:, d, a, b]
-            table = _flip_table(counts[0].ravel(), counts[1].ravel())
-            cost = _ideal_bits(counts[0].ravel(), counts[1].ravel(), table) + r * use[0] + c * use[1]
+            sent = d ^ (a & use[0]) ^ (b & use[1])  # (2, 2, 2): the direction bit the decoder sees
+            total = np.stack([n[:, sent == e].sum(1) for e in (0, 1)], axis=1).ravel()  # (bucket, bit)
+            flipped = np.stack([ones[:, sent == e].sum(1) for e in (0, 1)], axis=1).ravel()
+            table = _flip_table(total, flipped)
+            cost = _ideal_bits(total, flipped, table) + r * use[0] + c * use[1]
             if best is None or cost < best[0]:
                 best = (cost, use, table)
         _, (use_rows, use_cols), table = best
@@ -375,10 +375,7 @@ class DeltaContext(Codec):
         size = packed_bytes(count)
         if len(body) < off + size:
             self._fail(f"expected {size} bytes of side bits, got {len(body) - off}")
-        bits = np.unpackbits(np.frombuffer(body, np.uint8, count=size, offset=off))
-        if bits[count:].any():
-            self._fail("nonzero padding in the side bits")
-        return bits[:count].astype(bool), off + size
+        return self._unpack(body[off:off + size], count, "padding in the side bits"), off + size
 
 
 CONTEXT_BUCKETS = 16  # |initial score| buckets of delta-context
