@@ -103,22 +103,20 @@ def storage_report(masks, bases=None, hopfield_dim=None, hopfield_rule="projecti
         flip = float((masks ^ bases).mean()) if masks.size else 0.0
         report["flip_fraction"] = flip
         report["delta_entropy_bits_per_entry"] = entropy_bits(flip)
-    low_rows = []
+    rows, low_rows = {}, {}
     for name in formats:
         if name == "hopfield":
-            row, report["hopfield"], low = _measure_hopfield(masks, hopfield_dim, hopfield_rule,
-                                                             hopfield_dtype, curve_points)
-            for precision, low_row in low.items():  # the same memory at fewer bits, after its own row
-                low_rows.append((f"hopfield-{precision}", low_row))
+            rows[name], report["hopfield"], low = _measure_hopfield(masks, hopfield_dim, hopfield_rule,
+                                                                    hopfield_dtype, curve_points)
+            # the same memory at fewer bits, listed after the formats
+            low_rows = {f"hopfield-{precision}": row for precision, row in low.items()}
         else:
-            row = _measure_codec(name, masks, bases, seeded)
-        if _measured is not None:  # what `run_report` adds up over layers
-            _measured[name] = row
-        report["formats"].append(_finish_row(name, row, tasks, entries, report["entropy_bits_per_entry"]))
-    for name, row in low_rows:
-        if _measured is not None:
-            _measured[name] = row
-        report["formats"].append(_finish_row(name, row, tasks, entries, report["entropy_bits_per_entry"]))
+            rows[name] = _measure_codec(name, masks, bases, seeded)
+    rows.update(low_rows)
+    if _measured is not None:  # what `run_report` adds up over layers
+        _measured.update(rows)
+    report["formats"] = [_finish_row(name, row, tasks, entries, report["entropy_bits_per_entry"])
+                         for name, row in rows.items()]
     return report
 
 
