@@ -38,10 +38,13 @@ def _masks_from_archive(path, layer):
     numbers = {layer_key(l): l for l in range(len(names))}
     bases = seeded = None
     if "run" in archive.config and all(n in numbers for n in chosen):
-        bases = {n: initial_masks(archive.config, numbers[n], len(archive.masks[n])) for n in chosen}
         if MASK_KINDS.get(archive.config["run"].get("model")) == "weight":  # a weight per mask entry
             seeded = {n: seeded_context(archive.config, numbers[n], len(archive.masks[n])) for n in chosen}
             seeded = None if any(v is None for v in seeded.values()) else seeded
+        if seeded is not None:  # threshold masks: the initial mask is scores >= 0, drawn once
+            bases = {n: scores >= 0 for n, (scores, _) in seeded.items()}
+        else:
+            bases = {n: initial_masks(archive.config, numbers[n], len(archive.masks[n])) for n in chosen}
     return {n: archive.masks[n] for n in chosen}, bases, seeded
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -116,12 +116,14 @@ def binarize(scores: Sequence[torch.Tensor], config: MaskConfig, stacked: bool =
 
 # ------------------------------------------------------------------------------ initial scores
 def init_scores(net_or_spec: Union[BaseNet, BaseNetSpec], config: MaskConfig, seed: int,
-                task_index: int, device="cpu") -> List[torch.Tensor]:
-    """Initial scores of task `task_index`: one float32 leaf tensor per masked layer, requiring
-    grad. Drawn on the CPU (same values on every device), then moved to `device`."""
+                task_index: int, device="cpu", layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
+    """Initial scores of task `task_index`: one float32 leaf tensor per masked layer (or per
+    layer of `layers`: each layer has its own generator, so one is drawn without the others),
+    requiring grad. Drawn on the CPU (same values on every device), then moved to `device`."""
     spec = _spec(net_or_spec)
     out = []
-    for l, (shape, fan_in) in enumerate(zip(spec.mask_shapes, spec.mask_fan_ins)):
+    for l in range(len(spec.mask_shapes)) if layers is None else layers:
+        shape, fan_in = spec.mask_shapes[l], spec.mask_fan_ins[l]
         if config.score_init == "zeros":
             s = torch.zeros(shape)
         else:
@@ -133,9 +135,10 @@ def init_scores(net_or_spec: Union[BaseNet, BaseNetSpec], config: MaskConfig, se
 
 
 def initial_mask(net_or_spec: Union[BaseNet, BaseNetSpec], config: MaskConfig, seed: int,
-                 task_index: int) -> List[np.ndarray]:
-    """The mask task `task_index` starts from (numpy bool per masked layer), rebuilt exactly."""
-    return binarize(init_scores(net_or_spec, config, seed, task_index), config)
+                 task_index: int, layers: Optional[Sequence[int]] = None) -> List[np.ndarray]:
+    """The mask task `task_index` starts from (numpy bool per masked layer, or per layer of
+    `layers`), rebuilt exactly."""
+    return binarize(init_scores(net_or_spec, config, seed, task_index, layers=layers), config)
 
 
 # --------------------------------------------------------------------------- checks and helpers

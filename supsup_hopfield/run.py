@@ -242,7 +242,8 @@ def initial_masks(config: dict, layer: int, tasks: int) -> np.ndarray:
     config): what the `delta` codec stores flips against, rebuilt at no storage cost."""
     saved = SavedRun.from_config(config)
     train = saved.run.train
-    return np.stack([initial_mask(saved.base_network, train.mask_config, train.seed, t)[layer] for t in range(tasks)])
+    return np.stack([initial_mask(saved.base_network, train.mask_config, train.seed, t, layers=[layer])[0]
+                     for t in range(tasks)])
 
 
 def seeded_context(config: dict, layer: int, tasks: int):
@@ -253,8 +254,8 @@ def seeded_context(config: dict, layer: int, tasks: int):
     train = saved.run.train
     if train.mask != "threshold":
         return None
-    scores = np.stack([init_scores(saved.base_network, train.mask_config, train.seed, t)[layer].detach().numpy()
-                       for t in range(tasks)])
+    scores = np.stack([init_scores(saved.base_network, train.mask_config, train.seed, t, layers=[layer])[0]
+                       .detach().numpy() for t in range(tasks)])
     return scores, signed_constant(saved.base_network.weight_shapes[layer], saved.base_network.seed, layer).numpy()
 
 

@@ -132,6 +132,9 @@ def test_initial_mask_rebuilt_exactly_and_per_task():
     assert all(t.abs().max() <= 1 / math.sqrt(fan) for t, fan in zip(s, spec.mask_fan_ins))
     zeros = initial_mask(spec, MaskConfig(score_init="zeros"), seed=5, task_index=3)
     assert all(m.all() for m in zeros)
+    # one layer drawn alone is that layer of the full draw (each layer has its own generator)
+    assert torch.equal(init_scores(spec, cfg, seed=5, task_index=3, layers=[2])[0], s[2])
+    assert np.array_equal(initial_mask(spec, cfg, seed=5, task_index=3, layers=[1])[0], a[1])
 
 
 def test_check_masks_and_conversion():
