@@ -28,7 +28,8 @@ def summary(h: Header) -> dict:
         "dataset": _get(cfg, "stream", "name") or _get(cfg, "run", "dataset") or cfg.get("dataset"),
         "model": net.get("architecture") or _get(cfg, "run", "model") or cfg.get("model"),
         "network": net or None,
-        "memory": {k: {"rule": m.rule, "dim": m.dim, "n_stored": m.n_stored, "dtype": m.dtype}
+        "memory": {k: {"rule": m.rule, "dim": m.dim, "n_stored": m.n_stored, "dtype": m.dtype,
+                       **({"keys": m.keys} if m.keys else {})}
                    for k, m in h.memories.items()},
         "masks": None if h.masks is None else {k: list(s) for k, s in h.masks.items()},
         "per_task": [{"task": r.get("task", i), "accuracy": r.get("accuracy"),
@@ -67,7 +68,8 @@ def render(s: dict, max_rows: int = 20) -> str:
     if s["memory"]:
         lines.append("memory")
         lines += _table([{"layer": k, **m} for k, m in s["memory"].items()],
-                        ["layer", "rule", "dim", "n_stored", "dtype"])
+                        ["layer", "rule", "dim", *(["keys"] if any("keys" in m for m in s["memory"].values()) else []),
+                         "n_stored", "dtype"])
     else:
         lines.append("memory          none")
     if s["masks"] is not None:

@@ -51,11 +51,13 @@ _WRITE_VERSION = {
     "json": "1",
     "memory-set": "1",
     "hopfield-memory": "2",
+    "keyed-memory": "1",
     "array": "1",
     "mask-set": "1",
     "packed-masks": "1",
 }
 _WEIGHT_DTYPES = ("<f4", "<f8")
+_KEYED_DTYPES = ("<i2", "<i4")
 _HASH_BLOCK = 1 << 24  # bytes read per step when a big dataset is only verified
 
 
@@ -80,7 +82,8 @@ class MemoryInfo:
     rule: str
     dim: int
     n_stored: int
-    dtype: str  # numpy dtype name, "float32" or "float64"
+    dtype: str  # numpy dtype name: "float32" or "float64"; a keyed memory's "int16" or "int32"
+    keys: int | None = None  # a keyed memory's key count (its capacity)
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,10 @@ class _Writer:
         w = w.astype(w.dtype.newbyteorder("<"), copy=False)
         g = parent.create_group(name)
         self.dataset(g, "weights", w, "array")
+        if mem.rule == "keyed":  # W (dim, keys) of integers; the keys are rebuilt from key-seed
+            self.stamp(g, "keyed-memory", rule="keyed", dim=int(w.shape[0]), keys=int(w.shape[1]),
+                       n_stored=int(mem.n_stored), key_seed=int(mem.seed))
+            return
         extra = {}
         if mem.rule == "margin":  # the patterns it holds, as packed masks (z = +1 -> bit 1)
             held = PackedMasks.pack(np.asarray(mem.patterns) > 0)
@@ -210,9 +217,11 @@ def _check_archive(archive: Archive):
     for name, mem in dict(archive.memories).items():
         _check_name(name, "memories")
         w = np.asarray(getattr(mem, "weights", None))
-        if w.ndim != 2 or w.shape[0] != w.shape[1] or w.dtype.newbyteorder("<").str not in _WEIGHT_DTYPES:
+        keyed = getattr(mem, "rule", None) == "keyed"
+        if w.ndim != 2 or (not keyed and w.shape[0] != w.shape[1]) or \
+                w.dtype.newbyteorder("<").str not in (_KEYED_DTYPES if keyed else _WEIGHT_DTYPES):
             raise UserError(f"memories[{name!r}]: expected a HopfieldMemory with square float32/"
-                            f"float64 weights, got {type(mem).__name__}")
+                            f"float64 weights or a KeyedMemory, got {type(mem).__name__}")
         memories[name] = mem
     masks, n_tasks = None, 0
     if archive.masks is not None:
@@ -469,6 +478,31 @@ def _read_memory(r: _Reader, name, obj, attrs):
         return HopfieldMemory.from_state(w, rule, n_stored)
     except (ValueError, TypeError) as e:
         raise r.error(f"{name} does not hold a valid memory ({_one_line(e)})") from None
+
+
+@_reader("keyed-memory", "1")
+def _read_keyed_memory(r: _Reader, name, obj, attrs):
+    """A `keyed.KeyedMemory`: the dataset `weights` (dim, keys) of int16/int32 and the attributes
+    rule ("keyed"), dim, keys, n-stored and key-seed (what rebuilds the keys)."""
+    try:
+        dim, keys, n_stored, seed = (int(attrs[k]) for k in ("dim", "keys", "n-stored", "key-seed"))
+    except (KeyError, TypeError, ValueError):
+        raise r.error(f"{name} lacks valid dim, keys, n-stored and key-seed attributes") from None
+    wname = f"{name}/weights"
+    wobj, wattrs = r.get(wname, "dataset")
+    if wattrs.get("encoding-type") != "array":
+        raise r.error(f"{wname} should be an 'array', got {wattrs.get('encoding-type')!r}")
+    if json.loads(wattrs["shape"]) != [dim, keys]:
+        raise r.error(f"{wname} has shape {tuple(json.loads(wattrs['shape']))}, expected ({dim}, {keys})")
+    w = r.data(wname, wobj, wattrs, dtypes=_KEYED_DTYPES, ndim=2)
+    if not r.load:
+        return MemoryInfo("keyed", dim, n_stored, np.dtype(wattrs["dtype"]).name, keys)
+    from supsup_hopfield.keyed import KeyedMemory
+
+    try:
+        return KeyedMemory.from_state(w, n_stored, seed)
+    except (ValueError, TypeError) as e:
+        raise r.error(f"{name} does not hold a valid keyed memory ({_one_line(e)})") from None
 
 
 @_reader("memory-set", "1")

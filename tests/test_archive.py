@@ -145,7 +145,7 @@ def test_bad_input_is_refused_before_writing(tmp_path):
            (A.Archive(per_task=[{"f": open}]), "per_task: value of type builtin_function_or_method is not "
                                                "JSON-serialisable; pass plain dicts, lists, strings and numbers"),
            (A.Archive(memories={"m": object()}),
-            "memories['m']: expected a HopfieldMemory with square float32/float64 weights, got object"),
+            "memories['m']: expected a HopfieldMemory with square float32/float64 weights or a KeyedMemory, got object"),
            (A.Archive(memories={"m": HopfieldMemory(4, "storkey")}, per_task="x"),
             "per_task: expected a list of dicts, got str"),
            (A.Archive(evaluations=[{}, 3]), "evaluations: expected a list of dicts, got a list holding int"),
