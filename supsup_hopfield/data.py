@@ -19,14 +19,16 @@ with `np.frombuffer`, never unpickled.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import os
 import shutil
+import socket
 import struct
 import tarfile
 import tempfile
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ DEFAULT_DIRS = {
     "fashion-mnist": "/usr/share/datasets/fashion-mnist",  # Debian's dataset-fashion-mnist
     "cifar100": "~/.cache/supsup-hopfield/cifar100",
 }
+# Where Fashion-MNIST is downloaded to, and looked for, when the Debian folder above has no files.
+FASHION_MNIST_CACHE = "~/.cache/supsup-hopfield/fashion-mnist"
 
 # The four files of a dataset, by (split, part); the stem is searched with the suffixes below.
 IDX_FILES = {
@@ -324,23 +328,30 @@ def find_idx_files(folder) -> dict:
     return found
 
 
-def load_dataset(name: str, data_dir=None, download: bool = False, device="cpu") -> Dataset:
+def load_dataset(name: str, data_dir=None, download: bool = True, device="cpu") -> Dataset:
     """Load the whole of `name` ("mnist", "fashion-mnist" or "cifar100") as uint8/int64 tensors
     on `device`.
 
+    With `download` (the default), a dataset whose files are missing from its folder is first
+    fetched into it (needs internet; torchvision draws a progress bar on stderr); a failed
+    download is a one-line UserError saying what to do offline. `download=False` never touches
+    the network and refuses missing files.
     MNIST: the four IDX files are looked for in `data_dir` (default ~/.cache/supsup-hopfield/mnist);
-    with `download=True` torchvision fetches them into `data_dir` first (needs internet) unless
-    all four are already there.
+    torchvision downloads them there.
     Fashion-MNIST: default folder /usr/share/datasets/fashion-mnist (Debian package
-    dataset-fashion-mnist); any folder via `data_dir`.
+    dataset-fashion-mnist), or ~/.cache/supsup-hopfield/fashion-mnist (where it is downloaded)
+    when that has no files; any folder via `data_dir`.
     CIFAR-100: train.bin and test.bin (binary version) in `data_dir` or its cifar-100-binary/
-    (default ~/.cache/supsup-hopfield/cifar100); with `download=True` the official archive is
-    fetched, checked against its MD5 and those two files extracted (needs internet) unless both
-    are already there.
+    (default ~/.cache/supsup-hopfield/cifar100); a download fetches the official archive, checks
+    its MD5 and extracts those two files.
     """
     if name not in DATASETS:
         raise UserError(f"dataset: expected one of {', '.join(DATASETS)}, got {name!r}; pick one of those")
     folder = Path(os.path.expanduser(str(data_dir if data_dir is not None else DEFAULT_DIRS[name])))
+    if name == "fashion-mnist" and data_dir is None and not find_idx_files(folder):
+        cache = Path(os.path.expanduser(FASHION_MNIST_CACHE))  # no Debian package: the download's folder
+        if download or find_idx_files(cache):
+            folder = cache
     if name == "cifar100":
         return _load_cifar100(folder, download, torch.device(device))
     if download and len(find_idx_files(folder)) < len(IDX_FILES):
@@ -407,39 +418,88 @@ def _load_cifar100(folder: Path, download: bool, device: torch.device) -> Datase
 
 
 def _download_cifar100(folder: Path) -> None:
-    """Fetch the official archive into a temporary file in `folder`, then check and extract it
-    (`extract_cifar100_archive`); the archive is deleted afterwards."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cifar100: cannot create {folder}: {e.strerror or e}; pass a writable `data_dir`") from e
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".cifar-100-binary.", suffix=".tar.gz.part")
-    try:
+    """Fetch the official archive with torchvision's `download_url` (progress bar on stderr) into
+    a temporary folder in `folder`, then check its MD5 and extract it (`extract_cifar100_archive`,
+    whose refusal says which MD5 it got); the archive is deleted afterwards."""
+    from torchvision.datasets.utils import download_url  # imported here: only the download path needs it
+
+    with _quiet_network(folder) as printed:
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(CIFAR100_URL, timeout=60) as response:
-                shutil.copyfileobj(response, out, 1 << 20)
-        except Exception as e:  # network errors come as many types (URLError, TimeoutError, ...)
-            raise _download_failed("cifar100", CIFAR100_URL, folder, "train.bin and test.bin", e) from e
-        extract_cifar100_archive(tmp, folder, md5=CIFAR100_MD5)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".cifar-100-download."))
+        except OSError as e:
+            raise UserError(f"cifar100: cannot create {folder}: {e.strerror or e}; pass a writable `data_dir`") from e
+        try:
+            archive = tmp / CIFAR100_URL.rsplit("/", 1)[1]
+            try:
+                download_url(CIFAR100_URL, str(tmp), filename=archive.name)
+            except Exception as e:  # network errors come as many types (URLError, TimeoutError, ...)
+                raise _download_failed("cifar100", CIFAR100_URL, folder, e, printed.getvalue()) from e
+            extract_cifar100_archive(archive, folder, md5=CIFAR100_MD5)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _download(name: str, folder: Path) -> None:
-    """Fetch the IDX files with torchvision into `folder` (they land in <folder>/<Name>/raw)."""
+    """Fetch the four IDX files with torchvision (its mirrors, MD5 checks and progress bars)
+    into `folder` (they land in <folder>/<Name>/raw)."""
     from torchvision import datasets  # imported here: only the download path needs it
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    with _quiet_network(folder / cls.__name__ / "raw") as printed:  # torchvision's `raw_folder`
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            cls(str(folder), train=False, download=True)  # downloads all four files, loads the test split
+        except Exception as e:  # network errors come as many types (URLError, RuntimeError, ...)
+            raise _download_failed(name, "the four IDX files", folder, e, printed.getvalue()) from e
+
+
+@contextlib.contextmanager
+def _quiet_network(deepest: Path, timeout: float = 60.0):
+    """Around a download into `deepest`: a socket waiting `timeout` seconds for data gives up (a
+    firewalled network fails instead of hanging), and what torchvision prints to stdout (older
+    versions say "Downloading ..." and "Failed to download (trying next)" per mirror) is kept in
+    the StringIO yielded, so that a failure stays the one line of its UserError. Its progress
+    bars (tqdm, on stderr) still show. A failure removes the folders on the way to `deepest`
+    that did not exist before, where it left them empty."""
+    new = [p for p in (deepest, *deepest.parents) if not p.exists()]  # deepest first
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    printed = io.StringIO()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for train in (True, False):
-            cls(str(folder), train=train, download=True)
-    except Exception as e:  # network errors come as many types (URLError, RuntimeError, ...)
-        raise _download_failed(name, "the IDX files", folder, "the four IDX files", e) from e
+        with contextlib.redirect_stdout(printed):
+            yield printed
+    except BaseException:
+        for path in new:
+            try:
+                path.rmdir()
+            except FileNotFoundError:  # never made
+                continue
+            except OSError:  # not empty (a partial download, kept for the next try)
+                break
+        raise
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
-def _download_failed(name: str, what: str, folder: Path, files: str, error: Exception) -> UserError:
-    """The one-line error of a download that failed, and what to do instead."""
-    reason = " ".join(str(error).split())[:200]
+_OFFLINE = {  # what to do instead of downloading, per dataset
+    "mnist": "point `data_dir` at a folder holding them, or use the Fashion-MNIST streams "
+             "(permuted-fashion-mnist, rotated-fashion-mnist, split-fashion-mnist), which install offline "
+             "from Debian (apt-get install dataset-fashion-mnist)",
+    "fashion-mnist": "install them from Debian (apt-get install dataset-fashion-mnist), or point `data_dir` "
+                     "at a folder holding them",
+    "cifar100": "put train.bin and test.bin (CIFAR-100 binary version) there, or point `data_dir` at a "
+                "folder holding them",
+}
+# torchvision's narration of its attempts, as opposed to the error that ended one
+_NARRATION = ("Downloading", "Failed to download", "Tried ", "Error downloading", "Extracting", "Using downloaded")
+
+
+def _download_failed(name: str, what: str, folder: Path, error: Exception, printed: str = "") -> UserError:
+    """The one-line error of a download that failed: the last error torchvision met (in `error`'s
+    message or, for older versions, in what it `printed`), and what to do offline."""
+    lines = [line.strip() for line in f"{printed}\n{error}".splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(_NARRATION)] or lines or [type(error).__name__]
+    reason = " ".join(causes[-1].split())[:200]
     return UserError(f"{name}: expected to download {what} into {folder}, got an error ({reason}); "
-                     f"check the internet connection or put {files} there and pass `data_dir`")
+                     f"check the internet connection, or offline: {_OFFLINE[name]}")

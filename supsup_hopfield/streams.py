@@ -341,7 +341,7 @@ class TaskStream:
 
 
 def make_stream(name: str, seed: int = 0, n_tasks: Optional[int] = None, data_dir=None,
-                download: bool = False, device="cpu", relabel: bool = False,
+                download: bool = True, device="cpu", relabel: bool = False,
                 dataset: Optional[Dataset] = None) -> TaskStream:
     """Build stream `name` (see STREAMS), loading its dataset unless one is passed."""
     kind, data_name = parse_stream_name(name)

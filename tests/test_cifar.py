@@ -1,11 +1,9 @@
 """CIFAR-100 (binary version) reading, its checked download, and the split-cifar100 stream
 (supsup_hopfield/data.py, supsup_hopfield/streams.py). Every file is built here; nothing is
-downloaded."""
+downloaded from the internet (a local server stands in for it)."""
 import hashlib
 import io
 import tarfile
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -148,7 +146,7 @@ def test_load_dataset_finds_files_in_data_dir_or_its_archive_folder(tmp_path, su
 def test_missing_files_say_where_and_what_to_do(tmp_path):
     (tmp_path / "train.bin").write_bytes(records(np.zeros((1, 3, 32, 32), np.uint8), [0]))
     with pytest.raises(UserError, match=r"expected train.bin and test.bin .* missing test.bin") as e:
-        load_dataset("cifar100", data_dir=tmp_path)
+        load_dataset("cifar100", data_dir=tmp_path, download=False)
     message = str(e.value)
     assert "\n" not in message and str(tmp_path) in message and str(tmp_path / "cifar-100-binary") in message
     assert "`data_dir`" in message and "`download=True`" in message
@@ -224,36 +222,44 @@ def test_damaged_archive_with_right_checksum(tmp_path):
         extract_cifar100_archive(archive, tmp_path / "out", md5=md5)
 
 
-def test_download_path_without_network(tmp_path, monkeypatch):
-    archive = tmp_path / "served.tar.gz"
+def test_download_from_a_local_server(tmp_path, monkeypatch, local_http, capsys):
+    served, url, requested = local_http
     images = np.arange(2 * 3072, dtype=np.uint64).astype(np.uint8).reshape(2, 3, 32, 32)
-    md5 = make_archive(archive, {"cifar-100-binary/train.bin": records(images, [8, 9]),
-                                 "cifar-100-binary/test.bin": records(images[:1], [7])})
-    urls = []
-
-    def fake_urlopen(url, timeout=None):
-        urls.append(url)
-        return io.BytesIO(archive.read_bytes())
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    md5 = make_archive(served / "cifar-100-binary.tar.gz", {"cifar-100-binary/train.bin": records(images, [8, 9]),
+                                                            "cifar-100-binary/test.bin": records(images[:1], [7])})
+    monkeypatch.setattr(data_module, "CIFAR100_URL", url + "cifar-100-binary.tar.gz")
     monkeypatch.setattr(data_module, "CIFAR100_MD5", md5)
     folder = tmp_path / "cache"
-    d = load_dataset("cifar100", data_dir=folder, download=True)
-    assert urls == ["https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"]
+    d = load_dataset("cifar100", data_dir=folder)  # missing: downloaded by default
+    assert "/cifar-100-binary.tar.gz" in requested
     np.testing.assert_array_equal(d.train_images.numpy(), images)
     assert d.test_labels.tolist() == [7] and d.source == str(folder / "cifar-100-binary")
     assert sorted(p.name for p in folder.rglob("*")) == ["cifar-100-binary", "test.bin", "train.bin"]  # no archive left
-    load_dataset("cifar100", data_dir=folder, download=True)  # both files there: no second download
-    assert len(urls) == 1
+    assert "100%" in capsys.readouterr().err  # torchvision's progress bar
+    n = len(requested)
+    load_dataset("cifar100", data_dir=folder)  # both files there: no second download
+    assert len(requested) == n
 
-    def offline(url, timeout=None):
-        raise urllib.error.URLError("no route to host")
+    monkeypatch.setattr(data_module, "CIFAR100_MD5", "0" * 32)  # a damaged download: refused, nothing kept
+    with pytest.raises(UserError, match="expected MD5 0{32}, got " + md5):
+        load_dataset("cifar100", data_dir=tmp_path / "damaged")
+    assert not (tmp_path / "damaged").exists()  # nor the folder it made
 
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(UserError, match=r"expected to download .* got an error \(<urlopen error no route to host>\); "
-                                        "check the internet connection"):
-        load_dataset("cifar100", data_dir=tmp_path / "other", download=True)
-    assert list((tmp_path / "other").iterdir()) == []
+
+def test_download_without_network_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data_module, "CIFAR100_URL", "http://127.0.0.1:9/cifar-100-binary.tar.gz")  # a closed port
+    with pytest.raises(UserError, match=r"expected to download .* got an error \(<urlopen error .*refused>\); "
+                                        "check the internet connection, or offline: put train.bin and test.bin") as e:
+        load_dataset("cifar100", data_dir=tmp_path / "other")
+    assert "\n" not in str(e.value) and "`data_dir`" in str(e.value)
+    assert not (tmp_path / "other").exists()  # nor the folder it made
+    assert capsys.readouterr().out == ""
+
+
+def test_no_download_never_goes_online(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_download_cifar100", lambda folder: pytest.fail("tried to download"))
+    with pytest.raises(UserError, match="missing train.bin, test.bin; .* or pass `download=True`"):
+        load_dataset("cifar100", data_dir=tmp_path, download=False)
 
 
 # ---------------------------------------------------------------------------- the class split

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from supsup_hopfield.cli.main import COMMANDS, app
@@ -119,3 +120,77 @@ def test_train_speed_options_refuse_what_they_cannot_do(tmp_path, monkeypatch):
         assert r.exit_code == 2 and message in r.stderr, (args, r.output)
         assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) <= 5
         assert not out.exists()
+
+
+def test_offline_mnist_download_is_one_line_naming_data_dir(tmp_path, monkeypatch):
+    """Permuted MNIST (the default stream) is downloaded when --data-dir lacks it; offline (here: a
+    closed port on 127.0.0.1) that fails as one line saying what to do, with no traceback."""
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/", "http://127.0.0.1:9/"])
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty"
+    r = CliRunner().invoke(app, ["train", "--tasks", "2500", "--data-dir", str(empty)])
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"Error: mnist: expected to download the four IDX files into {empty}, got an error")
+    assert "point --data-dir at a folder holding them" in lines[0] and "permuted-fashion-mnist" in lines[0]
+    assert "Traceback" not in r.output and not (tmp_path / "run.h5").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_no_download_refuses_missing_data_without_going_online(tmp_path, monkeypatch, command):
+    from supsup_hopfield import data
+
+    monkeypatch.setattr(data, "_download", lambda name, folder: pytest.fail("tried to download"))
+    monkeypatch.chdir(tmp_path)
+    args = ["--tasks", "2", "--out", "r.h5"] if command == "train" else [str(_mnist_archive(tmp_path))]
+    r = CliRunner().invoke(app, [command, *args, "--data-dir", str(tmp_path / "empty"), "--no-download"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith(f"Error: mnist: expected the four IDX files (") and str(tmp_path / "empty") in r.output
+    assert r.output.strip().endswith("put them there, pass --data-dir pointing at them, or pass --download")
+
+
+def _tiny_mnist(folder, gz=False):
+    """Tiny MNIST-format IDX files (40 train, 20 test images) in `folder`: file name -> MD5."""
+    import hashlib
+
+    import numpy as np
+
+    from supsup_hopfield.data import IDX_FILES, write_idx
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    md5s = {}
+    for (split, part), stem in IDX_FILES.items():
+        n = 40 if split == "train" else 20
+        array = rng.integers(0, 256, (n, 28, 28)) if part == "images" else rng.integers(0, 10, n)
+        path = folder / (stem + (".gz" if gz else ""))
+        write_idx(path, array.astype(np.uint8))
+        md5s[path.name] = hashlib.md5(path.read_bytes()).hexdigest()
+    return md5s
+
+
+def _mnist_archive(folder):
+    """A permuted-mnist run of one task, trained on tiny IDX files in `folder`/tiny."""
+    _tiny_mnist(folder / "tiny")
+    out = folder / "tiny.h5"
+    r = CliRunner().invoke(app, ["train", "--tasks", "1", "--steps", "2", "--batch-size", "8", "--widths", "16,16",
+                                 "--device", "cpu", "--data-dir", str(folder / "tiny"), "--out", str(out),
+                                 "--no-download"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_eval_on_another_machine_downloads_the_missing_data(tmp_path, monkeypatch, local_http):
+    import torchvision.datasets
+
+    served, url, requested = local_http
+    md5s = _tiny_mnist(served, gz=True)  # the same tiny files, as a mirror serves them
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [url])
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", list(md5s.items()))
+    archive = _mnist_archive(tmp_path)
+    r = CliRunner().invoke(app, ["eval", str(archive), "--method", "gg", "--device", "cpu", "--json",
+                                 "--data-dir", str(tmp_path / "elsewhere")])
+    assert r.exit_code == 0, r.output
+    assert set(requested) == {"/" + name for name in md5s} and (tmp_path / "elsewhere" / "MNIST" / "raw").is_dir()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from supsup_hopfield import data as data_module
 from supsup_hopfield.data import IDX_FILES, load_dataset, read_idx, write_idx
 from supsup_hopfield.errors import UserError
 
@@ -82,7 +83,7 @@ def _write_tiny_mnist(folder: Path, gz: bool, n_train=20, n_test=10):
 
 def test_missing_mnist_files_say_where_and_how(tmp_path):
     with pytest.raises(UserError) as e:
-        load_dataset("mnist", data_dir=tmp_path)
+        load_dataset("mnist", data_dir=tmp_path, download=False)
     msg = str(e.value)
     assert str(tmp_path) in msg and "`download=True`" in msg and "`data_dir`" in msg
     assert all(stem in msg for stem in IDX_FILES.values()) and "\n" not in msg
@@ -92,7 +93,7 @@ def test_partly_missing_files_name_the_missing_one(tmp_path):
     _write_tiny_mnist(tmp_path, gz=False)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(UserError, match=r"missing t10k-labels-idx1-ubyte;"):
-        load_dataset("mnist", data_dir=tmp_path)
+        load_dataset("mnist", data_dir=tmp_path, download=False)
 
 
 @pytest.mark.parametrize("gz, layout", [(False, ""), (True, "MNIST/raw")])
@@ -140,7 +141,7 @@ def test_failed_download_is_user_error(tmp_path, monkeypatch):
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    with pytest.raises(UserError, match=r"expected to download the IDX files into .*name resolution"):
+    with pytest.raises(UserError, match=r"expected to download the four IDX files into .*name resolution"):
         load_dataset("mnist", data_dir=tmp_path / "m", download=True)
 
 
@@ -150,3 +151,88 @@ def test_download_skipped_when_files_present(tmp_path, monkeypatch):
     _write_tiny_mnist(tmp_path, gz=True)
     monkeypatch.setattr(torchvision.datasets, "MNIST", None)  # would fail if called
     assert load_dataset("mnist", data_dir=tmp_path, download=True).train_images.shape == (20, 28, 28)
+
+
+# ------------------------------------------------------------------ downloads, by default when missing
+CLOSED_PORT = "http://127.0.0.1:9/"  # nothing listens there: a download attempt fails at once, locally
+
+
+def test_offline_mnist_download_is_one_line_naming_data_dir_and_fashion_streams(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [CLOSED_PORT, CLOSED_PORT])
+    with pytest.raises(UserError) as e:
+        load_dataset("mnist", data_dir=tmp_path / "m")  # missing, so downloaded by default
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"mnist: expected to download the four IDX files into {tmp_path / 'm'}")
+    assert "refused" in msg and "`data_dir`" in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert all(s in msg for s in ("permuted-fashion-mnist", "rotated-fashion-mnist", "split-fashion-mnist"))
+    assert capsys.readouterr().out == ""  # torchvision's narration of its mirrors is not shown
+    assert not (tmp_path / "m").exists()  # nor are the folders it made left behind
+
+
+def test_no_download_never_goes_online(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_download", lambda name, folder: pytest.fail("tried to download"))
+    with pytest.raises(UserError, match=r"missing .*; put them there, pass `data_dir` pointing at them, or pass "
+                                        r"`download=True`$"):
+        load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
+def _serve_mnist(folder, monkeypatch, url, cls="MNIST"):
+    """Tiny gzipped IDX files in the served `folder`; torchvision's `cls` fetches them from `url`."""
+    import hashlib
+
+    import torchvision.datasets
+
+    parts = _write_tiny_mnist(folder, gz=True)
+    resources = [(stem + ".gz", hashlib.md5((folder / (stem + ".gz")).read_bytes()).hexdigest())
+                 for stem in IDX_FILES.values()]
+    monkeypatch.setattr(getattr(torchvision.datasets, cls), "mirrors", [url])
+    monkeypatch.setattr(getattr(torchvision.datasets, cls), "resources", resources)
+    return parts
+
+
+def test_missing_mnist_is_downloaded_with_progress(tmp_path, monkeypatch, local_http, capsys):
+    served, url, requested = local_http
+    parts = _serve_mnist(served, monkeypatch, url)
+    d = load_dataset("mnist", data_dir=tmp_path / "cache")
+    assert set(requested) == {f"/{s}.gz" for s in IDX_FILES.values()}
+    np.testing.assert_array_equal(d.train_images.numpy(), parts[("train", "images")])
+    np.testing.assert_array_equal(d.test_labels.numpy(), parts[("test", "labels")])
+    assert d.source == str(tmp_path / "cache")
+    assert "100%" in capsys.readouterr().err  # torchvision's progress bars
+    n = len(requested)
+    load_dataset("mnist", data_dir=tmp_path / "cache")  # all four there: nothing fetched again
+    assert len(requested) == n
+
+
+def test_fashion_mnist_without_debian_package_downloads_to_the_cache(tmp_path, monkeypatch, local_http):
+    served, url, requested = local_http
+    parts = _serve_mnist(served, monkeypatch, url, cls="FashionMNIST")
+    monkeypatch.setitem(data_module.DEFAULT_DIRS, "fashion-mnist", str(tmp_path / "no-debian-package"))
+    monkeypatch.setattr(data_module, "FASHION_MNIST_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="install the Debian package dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", download=False)  # the Debian folder is named, nothing fetched
+    assert requested == []
+    d = load_dataset("fashion-mnist")
+    assert d.source == str(tmp_path / "cache") and (d.mean, d.std) == (0.2860, 0.3530)
+    np.testing.assert_array_equal(d.train_labels.numpy(), parts[("train", "labels")])
+    assert load_dataset("fashion-mnist", download=False).source == str(tmp_path / "cache")  # found there later
+
+    monkeypatch.setattr(data_module, "FASHION_MNIST_CACHE", str(tmp_path / "other"))
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [CLOSED_PORT])
+    with pytest.raises(UserError, match=r"check the internet connection, or offline: install them from Debian "
+                                        r"\(apt-get install dataset-fashion-mnist\)") as e:
+        load_dataset("fashion-mnist")
+    assert "permuted-fashion-mnist" not in str(e.value)
+
+
+def test_tests_reach_no_host_but_127_0_0_1():
+    """conftest.py: every download a test triggers by mistake fails here as it would offline."""
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.URLError, match="tests may not reach ossci-datasets.s3.amazonaws.com"):
+        urllib.request.urlopen("https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz")
