@@ -5,7 +5,7 @@ import click
 
 from supsup_hopfield.basenet import ARCHITECTURES
 from supsup_hopfield.cli.paths import OutputFile
-from supsup_hopfield.rules import RULES
+from supsup_hopfield.run import MEMORY_RULES
 from supsup_hopfield.streams import STREAMS
 from supsup_hopfield.training import DEVICES, OPTIMIZERS, PRECISIONS
 
@@ -57,11 +57,13 @@ def _widths(ctx, param, value):
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per worker [torch's default; ray: 1].")
 @click.option("--ray-address", help="ray: join this existing cluster (e.g. ray://head:10001 or auto) "
                                     "instead of starting a private local Ray on 127.0.0.1.")
-@click.option("--memory-rule", type=click.Choice(["auto", *RULES, "none"]), default="auto", show_default=True,
-              help="auto: the rule and layout whose memory holds --tasks masks and gives them back "
-                   "(projection-zd while the load allows it, measured), or a clear refusal.")
+@click.option("--memory-rule", type=click.Choice(["auto", *MEMORY_RULES, "none"]), default="auto", show_default=True,
+              help="auto: a keyed memory that gives every one of --tasks masks back exactly (said, with "
+                   "its bytes, before training); an attractor rule for comparison; none: explicit masks only.")
 @click.option("--memory-layout", type=click.Choice(["per-layer", "joint"]),
-              help="One memory per masked layer, or one over all layers [auto: the smallest that fits].")
+              help="One memory per masked layer, or one over all layers [keyed: joint; others: per-layer].")
+@click.option("--memory-keys", type=int,
+              help="keyed: masks the memory can hold, a power of two [the smallest >= --tasks].")
 @click.option("--hopfield-dim", type=int, help="Split long masks into memories of this many entries.")
 @click.option("--keep-masks/--no-keep-masks", default=True, show_default=True,
               help="Keep the explicit (bit-packed) masks beside the memory.")
@@ -70,11 +72,14 @@ def _widths(ctx, param, value):
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the four IDX files.")
-@click.option("--download", is_flag=True, help="Download MNIST into --data-dir (needs internet).")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Fetch the dataset (MNIST, CIFAR-100, Fashion-MNIST) into --data-dir [default: "
+                   "~/.cache/supsup-hopfield/<dataset>] when its files are missing there (needs internet); "
+                   "--no-download on a machine that must not reach the network.")
 @click.pass_context
 def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, outputs, seed, device, precision,
-          parallel_tasks, executor, workers, threads, ray_address, memory_rule, memory_layout, hopfield_dim,
-          keep_masks, out, checkpoint_every, resume, force, data_dir, download, **train_opts):
+          parallel_tasks, executor, workers, threads, ray_address, memory_rule, memory_layout, memory_keys,
+          hopfield_dim, keep_masks, out, checkpoint_every, resume, force, data_dir, download, **train_opts):
     """Learn --tasks supermasks one after another; store them in the memory and --out."""
     import torch
 
@@ -88,21 +93,22 @@ def train(ctx, tasks, scenario, check_every, budget, dataset, model, widths, out
 
     notes = []  # said once the run has passed its checks, so that a refusal stays one line
     if resume and memory_rule == "auto":  # the run's own memory, whatever auto would pick now
-        memory_rule, memory_layout = _saved_memory(out, memory_layout)
+        memory_rule, memory_layout, memory_keys = _saved_memory(out, memory_layout, memory_keys)
     else:
-        memory_rule, memory_layout, note = choose_memory(model, widths, tasks, memory_rule, memory_layout,
-                                                         hopfield_dim)
-        if note:
+        choice = choose_memory(model, widths, tasks, memory_rule, memory_layout, hopfield_dim, memory_keys, outputs)
+        memory_rule, memory_layout, memory_keys = choice.rule, choice.layout, choice.keys
+        if choice.note:
             from supsup_hopfield.cli.main import in_flags
 
-            notes.append(in_flags(note, ctx.command.params))
+            notes.append(in_flags(choice.note, ctx.command.params))
     given = {k: v for k, v in train_opts.items() if v is not None}
     train_cfg = TrainConfig.for_architecture(model, seed=seed, device=device, precision=precision, **given)
     if precision == "bf16-mixed" and not bf16_is_native(resolve_device(device)):
         notes.append("this device has no bfloat16 arithmetic, so bf16-mixed is emulated and slower than "
                      "--precision 32 (a hopnet step: 1.8x to 130x as long, measured)")
     cfg = RunConfig(dataset=dataset, model=model, widths=widths, outputs=outputs, seed=seed,
-                    memory_rule=memory_rule, memory_layout=memory_layout, hopfield_dim=hopfield_dim,
+                    memory_rule=memory_rule, memory_layout=memory_layout, memory_keys=memory_keys,
+                    hopfield_dim=hopfield_dim,
                     keep_masks=keep_masks, train=train_cfg)
     if scenario == "nns":
         if resume:
@@ -139,15 +145,15 @@ def _executor(kind, workers, threads, address):
     return RayExecutor(workers=workers, threads=threads or 1, address=address)
 
 
-def _saved_memory(out, layout):
+def _saved_memory(out, layout, keys):
     from supsup_hopfield.archive import read_header
     from supsup_hopfield.run import SavedRun
 
     try:
         run = SavedRun.from_config(read_header(out, verify=False).config).run
     except (ValueError, OSError):
-        return None, layout or "per-layer"  # train_run says what is wrong with the file
-    return run.memory_rule, layout or run.memory_layout or "per-layer"
+        return None, layout or "per-layer", keys  # train_run says what is wrong with the file
+    return run.memory_rule, layout or run.memory_layout or "per-layer", keys or run.memory_keys
 
 
 def _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download):
@@ -182,11 +188,14 @@ def summary(archive, out) -> str:
     slots = SavedRun.from_config(archive.config).slots
     for slot in slots:
         mem = archive.memories[slot.name]
-        line = f"memory {slot.name}: {mem.rule}, d = {mem.dim}, {mem.n_stored} masks stored"
+        keyed = mem.rule == "keyed"
+        line = (f"memory {slot.name}: {mem.rule}, d = {mem.dim}" + (f" x {mem.keys} keys" if keyed else "") +
+                f" ({mem.nbytes / 1e6:,.1f} MB), {mem.n_stored} masks stored")
         if masks:
             layers = masks_by_layer(masks)
-            patterns = np.stack([slot_pattern(slot, [m[t] for m in layers]) for t in range(len(acc))])
-            line += f", {int(mem.stable(patterns).sum())} of them exact fixed points"
+            patterns = np.stack([slot_pattern(slot, [m[t] for m in layers]) for t in range(mem.n_stored)])
+            given = "given back exactly from their keys" if keyed else "exact fixed points"
+            line += f", {int(mem.stable(patterns).sum())} of them {given}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -36,10 +36,10 @@ def _read_run(path, tasks):
     return archive, SavedRun.from_config(archive.config, str(path)), chosen
 
 
-def _rebuild(archive, saved: SavedRun, data_dir, device):
+def _rebuild(archive, saved: SavedRun, data_dir, device, download: bool = True):
     """The saved run's stream and base network, on `device`."""
     cfg = dataclasses.replace(saved.run, train=dataclasses.replace(saved.run.train, device=device))
-    return stream_and_net(cfg, len(archive.per_task), data_dir, download=False)
+    return stream_and_net(cfg, len(archive.per_task), data_dir, download)
 
 
 def _span(tasks) -> str:
@@ -67,11 +67,12 @@ def parse_tasks(text: str, n: int | None = None) -> range:
 
 def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, data_dir=None,
                  device: str = "auto", record: bool = True, tasks=None, recovery=None,
-                 progress=None, precision: str = "32") -> dict:
+                 progress=None, precision: str = "32", download: bool = True) -> dict:
     """Evaluate the run in archive `path` with `method` on `tasks` (default every finished task).
     batch_size None: 128 (inference, gg), or the recovery's own default (hopfield). `recovery`:
     a RecoveryConfig for the hopfield method. `progress(done, total)` after every task. The
-    network's forward passes run at `precision` ("32" or "bf16-mixed")."""
+    network's forward passes run at `precision` ("32" or "bf16-mixed"). `download`: fetch the
+    run's dataset into `data_dir` when its files are missing (`data.load_dataset`)."""
     from supsup_hopfield.recovery import RecoveryConfig
 
     if method not in METHODS:
@@ -90,7 +91,7 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
     if method != "hopfield" and not archive.masks:
         raise UserError(f"{path}: method {method} needs the explicit masks, and this run was trained "
                         f"with `keep_masks=False`; use `method='hopfield'`")
-    stream, net = _rebuild(archive, saved, data_dir, device)
+    stream, net = _rebuild(archive, saved, data_dir, device, download)
     start = time.perf_counter()
     with autocast(net.device, precision):
         if saved.scenario == "nns":
@@ -124,7 +125,7 @@ def evaluate_run(path, method: str = "oneshot", batch_size: int | None = None, d
 
 def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = None, data_dir=None,
                     device: str = "auto", recovery=None, baseline: bool = True, record: bool = True,
-                    progress=None, precision: str = "32") -> dict:
+                    progress=None, precision: str = "32", download: bool = True) -> dict:
     """Memory replay: for every rule in `rules` and count k in `stored`, rebuild the run's memory
     from its first k explicit masks under that rule (`run.replay_memories`, no retraining) and
     recover tasks from it: those of `tasks` below k (default all k). With `baseline`, the
@@ -132,10 +133,10 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
 
     Returns {"method": "hopfield-replay", "rows": [one per (rule, k, recovery): rule, stored,
     recovery, tasks, exact_fraction, mean_accuracy, mean_gg_accuracy, seconds_per_task,
-    per_task]}, also recorded in the archive. Forward passes run at `precision`."""
+    per_task]}, also recorded in the archive. Forward passes run at `precision`; `download` as
+    in `evaluate_run`."""
     from supsup_hopfield.recovery import RecoveryConfig, evaluate_recovery
-    from supsup_hopfield.rules import RULES
-    from supsup_hopfield.run import replay_memories
+    from supsup_hopfield.run import MEMORY_RULES as RULES, replay_memories
 
     recovery = RecoveryConfig() if recovery is None else recovery
     if batch_size is not None:
@@ -158,9 +159,11 @@ def replay_recovery(path, rules, stored, tasks=None, batch_size: int | None = No
     if not stored or stored[0] < 1 or stored[-1] > n:
         raise UserError(f"stored: expected counts in 1..{n} (the run's explicit masks), got {stored}; "
                         f"pass e.g. `stored=(10, {n})`")
-    stream, net = _rebuild(archive, saved, data_dir, device)
+    stream, net = _rebuild(archive, saved, data_dir, device, download)
     methods = [recovery] + ([RecoveryConfig.paper(batch_size=recovery.batch_size)] if baseline else [])
-    jobs = [(rule, k, rec) for rule in rules for k in stored for rec in methods]
+    # the paper's descent runs on an attractor memory's energy: a keyed memory has none to descend
+    jobs = [(rule, k, rec) for rule in rules for k in stored for rec in methods
+            if not (rule == "keyed" and rec.method == "descent")]
     total = sum(len([t for t in chosen if t < k]) for _, k, _ in jobs)
     done, gg = 0, {}  # task-given accuracies: the same for every rule and count
     rows = []

@@ -3,23 +3,31 @@ test batches, without the task id (Wortsman et al. 2020, §3.5; docs/METHOD.md, 
 
 Two methods (`RecoveryConfig.method`):
 
-* ``seeded`` (default). The run's seed rebuilds every task's INITIAL mask (`masks.initial_mask`),
-  and a trained mask keeps much of it (hopnet, 100 steps: about 63% of its bits), so the initial
-  mask of task j is a cue for the mask trained from it. A memory does not know which task it is
+* ``seeded`` (default). The run's seed rebuilds, for every task j, what the memory needs to give
+  task j's mask back: its KEY for a keyed memory (`keyed.py`), or its INITIAL mask
+  (`masks.initial_mask`) as a cue for an attractor memory (a trained mask keeps much of its
+  start: hopnet, 100 steps, about 63% of its bits). A memory does not know which task it is
   asked about, so recovery asks it about every task it holds:
-    1. decode (once per memory, shared by every task evaluated): recall from the seeded cue of
-       every stored task, j = 0..n_stored−1, with annealed dynamics (`dynamics.recall_anneal`),
-       ending at exact fixed points. Candidate j is the layer masks recalled from cue j, put
+    1. decode (once per memory, shared by every task evaluated): every stored task's mask,
+       j = 0..n_stored−1. A keyed memory completes each from its clamped key, exactly, with one
+       matrix product for all of them. An attractor memory recalls from each seeded cue with
+       annealed dynamics (`dynamics.recall_anneal`), ending at exact fixed points, which holds
+       up to load ≈ 0.12 only. Candidate j is the layer masks given back for task j, put
        together from every memory slot (per-layer, joint or blocked layouts alike);
     2. select (per task): rank the distinct candidates by the mean output entropy of the
-       network under them, first on `screen_samples` test images, then the `shortlist` best on
+       network under them, a cascade on the task's first test batch: past `prescreen_keep`
+       candidates, all are scored on `prescreen_samples` images (4: every candidate is one GEMM
+       row per image in the second layer, the first layer's output is shared), the best
+       `prescreen_keep` on `screen_samples` images, then the `shortlist` best on
        `selection_batches` batches; the lowest wins. Entropy tells a task's own masks from every
-       other stored task's by a wide margin (docs/METHOD.md), so the choice is safe once the
-       right mask is among the candidates; the cue, not the choice, is what limits recovery.
-  The index of the winning cue is the task the memory thinks the batches come from ("chosen").
-  Limits: cues only work while a trained mask stays near its start. After 1000 steps a hopnet
-  mask keeps ~57% of its initial bits (vs 63% after 100), and with score init "zeros" every
-  task starts from the same all-ones mask: there, use the descent.
+       other stored task's by a wide margin (docs/METHOD.md). `superposed` L puts the paper's
+       one-shot inference in superposition in front (one forward and backward pass over the
+       superposed masks keeps L candidates); measured on neuron masks it loses tasks, so it is
+       off by default (docs/METHOD.md, "Recovery").
+  The index of the winning candidate is the task the memory thinks the batches come from
+  ("chosen"). Limits of the attractor memories' cues: after 1000 steps a hopnet mask keeps ~57%
+  of its initial bits (vs 63% after 100), and with score init "zeros" every task starts from the
+  same all-ones mask: there, use the descent or a keyed memory.
 * ``descent``: the paper's method. Real scores s_l per masked slot; z = 2·1[s ≥ 0] − 1 with a
   straight-through gradient; at step t = 1..T minimise (1 − t/T)·H(outputs) + γ·(t/T)·Σ E(z),
   E(z) = −½ zᵀJz, by SGD (lr 500, momentum 0.9, weight decay 1e-4, γ = 1.5e-3), one test
@@ -51,7 +59,8 @@ RECOVERY_TAG = 3  # random-stream tag of recovery (basenet uses 0-2)
 METHODS = ("seeded", "descent")
 INITS = ("empty", "full", "uniform", "stored-mean")
 RECALLS = ("anneal", "async", "none")
-_CHUNK = 32  # candidates evaluated together
+_CHUNK = 32  # candidates evaluated together (weight masks: one forward pass each)
+_ROWS = 2048  # neuron masks: candidates x images per GEMM of the entropy screen
 
 
 def _is_int(v, low: int) -> bool:
@@ -72,7 +81,10 @@ class RecoveryConfig:
     recall: str = "anneal"  # dynamics that finish every cue or descent ("none": keep the state)
     max_sweeps: int = 100  # asynchronous sweeps at most
     # seeded: candidate selection
-    screen_samples: int = 32  # every candidate scored on this many images first
+    superposed: int = 0  # > 0: inference in superposition first keeps this many candidates
+    prescreen_samples: int = 4  # past `prescreen_keep` candidates, all are scored on this many images
+    prescreen_keep: int = 64  # ... and the best this many go on (docs/METHOD.md, "Recovery")
+    screen_samples: int = 32  # the candidates left are scored on this many images
     shortlist: int = 8  # the best this many are scored on `selection_batches` batches
     selection_batches: int = 4
     # descent (the paper's settings)
@@ -94,7 +106,8 @@ class RecoveryConfig:
                 bad(name, f"one of {', '.join(choices)}", "pick one of those")
         if not _is_int(self.batch_size, 2):
             bad("batch_size", "an integer >= 2 (BatchNorm needs two rows)", "pass e.g. 64")
-        for name, low in (("max_sweeps", 1), ("screen_samples", 2), ("shortlist", 1), ("selection_batches", 1)):
+        for name, low in (("max_sweeps", 1), ("screen_samples", 2), ("shortlist", 1), ("selection_batches", 1),
+                          ("superposed", 0), ("prescreen_samples", 2), ("prescreen_keep", 1)):
             if not _is_int(getattr(self, name), low):
                 bad(name, f"an integer >= {low}", f"pass {low} or more")
         for name in ("lr", "init_scale"):
@@ -205,12 +218,24 @@ class Candidates:
     seconds: float
 
 
-def decode(net: BaseNet, memories: dict, cues: np.ndarray, config: RecoveryConfig = RecoveryConfig(),
-           slots: Optional[Sequence] = None, seed: int = 0) -> Candidates:
-    """Recall every memory from every cue (bool (K, entries), layers concatenated) and put the
-    results together per cue. Done once and shared by all the tasks recovered from them."""
+def decode(net: BaseNet, memories: dict, cues: Optional[np.ndarray] = None,
+           config: RecoveryConfig = RecoveryConfig(), slots: Optional[Sequence] = None, seed: int = 0) -> Candidates:
+    """Every stored task's masks as the memories give them back, put together per task: a keyed
+    memory completes each task's mask from its key (no cue needed); an attractor memory recalls
+    from every cue (bool (K, entries), layers concatenated). Done once and shared by all the tasks
+    recovered from them."""
     start = time.perf_counter()
     layout = _Layout(net, memories, slots)
+    keyed = [m.rule == "keyed" for m in layout.memories]
+    if all(keyed):
+        counts = {m.n_stored for m in layout.memories}
+        if len(counts) != 1:
+            raise UserError(f"memories: keyed memories of one run hold as many masks each, got {sorted(counts)}")
+        cues = np.zeros((counts.pop(), int(layout.offsets[-1])), bool)  # only the count is used
+    elif any(keyed):
+        raise UserError("memories: a run keeps keyed memories or attractor memories, not both; pass the run's own")
+    if cues is None:
+        raise UserError("cues: attractor memories recall from cues; pass seeded_cues(...)")
     cues = np.asarray(cues)
     if cues.ndim != 2 or cues.shape[1] != layout.offsets[-1] or cues.dtype != bool:
         raise UserError(f"cues: expected a bool array (K, {layout.offsets[-1]}), got {cues.dtype} {cues.shape}; "
@@ -218,14 +243,16 @@ def decode(net: BaseNet, memories: dict, cues: np.ndarray, config: RecoveryConfi
     parts, fixed = [], []
     for k, (mem, cue) in enumerate(zip(layout.memories, layout.to_slots(cues))):
         rng_seed = derive_seed(seed, RECOVERY_TAG, 1, k)
-        if config.recall == "none":
+        if mem.rule == "keyed":
+            out = mem.recall()
+        elif config.recall == "none":
             out = np.where(cue, 1, -1).astype(np.int8)
         elif config.recall == "anneal" and mem.rule in SPAN_RULES:
             out = _decode_by_cancellation(mem, cue, config, np.random.default_rng(rng_seed))
         else:
             out = mem.recall(cue, mode=config.recall, max_sweeps=config.max_sweeps, seed=rng_seed)
         parts.append(out > 0)
-        fixed.append(mem.stable(out))
+        fixed.append(np.ones(len(out), bool) if mem.rule == "keyed" else mem.stable(out))  # keyed: fixed by construction
     return Candidates(layout.from_slots(parts), np.stack(fixed, axis=1), time.perf_counter() - start)
 
 
@@ -290,13 +317,15 @@ def _decode_by_cancellation(mem, cues: np.ndarray, config: RecoveryConfig, rng) 
 def candidate_entropies(net: BaseNet, x: torch.Tensor, masks: np.ndarray, shapes: Sequence) -> torch.Tensor:
     """Mean output entropy of `net` on the batch x under every candidate (bool (K, entries),
     layers concatenated): a (K,) tensor. The same arithmetic as `BaseNet.forward`, batched over
-    candidates; for neuron masks the first layer's normalised pre-activation is shared."""
+    candidates; for neuron masks the first layer's normalised pre-activation is shared and each
+    later layer is one GEMM over (candidates x images) rows."""
     sizes = [int(np.prod(s)) for s in shapes]
     offsets = np.cumsum([0, *sizes])
     device = net.device
+    chunk_size = _CHUNK if net.mask_kind == "weight" else max(1, _ROWS // len(x))
     out = []
-    for c0 in range(0, len(masks), _CHUNK):
-        chunk = torch.from_numpy(masks[c0:c0 + _CHUNK]).to(device=device, dtype=torch.float32)  # (P, entries)
+    for c0 in range(0, len(masks), chunk_size):
+        chunk = torch.from_numpy(masks[c0:c0 + chunk_size]).to(device=device, dtype=torch.float32)  # (P, entries)
         layer = [chunk[:, a:b].reshape(-1, *s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
         if net.mask_kind == "weight":
             logits = torch.stack([net(x, [m[p] for m in layer]) for p in range(len(chunk))])  # (P, B, out)
@@ -314,22 +343,42 @@ def candidate_entropies(net: BaseNet, x: torch.Tensor, masks: np.ndarray, shapes
     return torch.cat(out).cpu()
 
 
+def superposed_shortlist(net: BaseNet, x: torch.Tensor, masks: np.ndarray, shapes, keep: int) -> np.ndarray:
+    """The `keep` candidates (rows of the bool (K, entries) masks) that one-shot inference in
+    superposition ranks first on the batch x: the gradient of the output entropy with respect to
+    each candidate's weight α_i in the mask Σ α_i M_i, at α uniform (inference.alpha_gradient,
+    the paper's one-shot). Sorted row indices."""
+    from supsup_hopfield.inference import alpha_gradient
+    from supsup_hopfield.packed import PackedMaskBank, PackedMasks
+
+    sizes = [int(np.prod(s)) for s in shapes]
+    offsets = np.cumsum([0, *sizes])
+    bank = PackedMaskBank([PackedMasks.pack(masks[:, a:b].reshape(-1, *s))
+                           for a, b, s in zip(offsets[:-1], offsets[1:], shapes)])
+    g = alpha_gradient(net, bank, x)
+    return np.sort(np.argsort(g, kind="stable")[:keep])
+
+
 def _select(net: BaseNet, xs: List[torch.Tensor], masks: np.ndarray, shapes, config: RecoveryConfig):
     """Index of the lowest-entropy candidate (module docstring, step 2), its entropy, and how
-    many distinct candidates were scored."""
+    many distinct candidates were scored. With `config.superposed` L, inference in superposition
+    first keeps the L candidates it ranks best, and only those are screened."""
     if len(masks) == 0:
         raise UserError("candidates: none to choose from; decode them from cues of the tasks the memory holds")
     packed = np.packbits(masks, axis=1)
     _, first = np.unique(packed, axis=0, return_index=True)  # one of each distinct candidate
     first = np.sort(first)
-    screen = xs[0][: config.screen_samples]
-    if len(first) > config.shortlist:
-        h = candidate_entropies(net, screen, masks[first], shapes)
-        first = first[np.sort(np.argsort(h.numpy(), kind="stable")[: config.shortlist])]
+    distinct = len(first)
+    if config.superposed and len(first) > config.superposed:
+        first = first[superposed_shortlist(net, xs[0], masks[first], shapes, config.superposed)]
+    for samples, keep in ((config.prescreen_samples, config.prescreen_keep), (config.screen_samples, config.shortlist)):
+        if len(first) > keep:  # score every candidate left on `samples` images, keep the best `keep`
+            h = candidate_entropies(net, xs[0][:samples], masks[first], shapes)
+            first = first[np.sort(np.argsort(h.numpy(), kind="stable")[:keep])]
     selection = xs[: config.selection_batches]
     h = sum(candidate_entropies(net, x, masks[first], shapes) for x in selection) / len(selection)
     best = int(torch.argmin(h))
-    return int(first[best]), float(h[best]), int(len(np.unique(packed, axis=0)))
+    return int(first[best]), float(h[best]), distinct
 
 
 # ------------------------------------------------------------------------ the paper's descent
@@ -437,15 +486,20 @@ def recover_masks(net: BaseNet, memories: dict, batches: Iterable, config: Recov
     xs = _check_batches(net, batches)
     info = {"steps": 0, "settled": None}
     if config.method == "seeded":
+        keyed = all(m.rule == "keyed" for m in layout.memories)
         if candidates is None:
-            if cues is None:
+            if cues is None and not keyed:
                 raise UserError("cues: the seeded method needs the run's seeded initial masks; pass "
                                 "cues=seeded_cues(...) (evaluate_recovery does), or use method 'descent'")
             candidates = decode(net, memories, cues, config, slots, seed)
         j, h, n = _select(net, xs, candidates.masks, layout.shapes, config)
         flat = np.where(candidates.masks[j], 1, -1).astype(np.int8)
-        info.update(chosen=f"cue {j}", candidates=n, entropy=h)
+        info.update(chosen=f"{'key' if keyed else 'cue'} {j}", candidates=n, entropy=h)
     else:
+        if any(m.rule == "keyed" for m in layout.memories):
+            raise UserError("recovery: the descent runs on an attractor memory's energy, and this memory is keyed; "
+                            "use method 'seeded' (every mask completed from its key), or replay the masks into an "
+                            "attractor rule (`supsup-hf eval --memory-rule storkey-paper --recovery paper`)")
         flat, trace, settled, steps = _descend(net, layout, xs, config, seed, init_scores)
         if config.recall != "none":
             parts = [m.recall(p, mode=config.recall, max_sweeps=config.max_sweeps,
@@ -457,8 +511,12 @@ def recover_masks(net: BaseNet, memories: dict, batches: Iterable, config: Recov
                   / min(len(xs), config.selection_batches))
         info.update(chosen="descent", candidates=1, entropy=h, steps=steps, settled=settled, trace=trace)
     parts = layout.to_slots(flat)
-    info["fixed_point"] = [bool(m.stable(p)) for m, p in zip(layout.memories, parts)]
-    info["energy"] = [float(m.energy(p)) for m, p in zip(layout.memories, parts)]
+    if config.method == "seeded" and keyed:  # task j's key clamped: the candidate is its fixed point
+        info["fixed_point"] = [bool(f) for f in candidates.fixed[j]]
+        info["energy"] = [m.energy(p, j) for m, p in zip(layout.memories, parts)]
+    else:
+        info["fixed_point"] = [bool(m.stable(p)) for m, p in zip(layout.memories, parts)]
+        info["energy"] = [float(m.energy(p)) for m, p in zip(layout.memories, parts)]
     info["seconds"] = time.perf_counter() - start
     return [m > 0 for m in layout.layers(flat)], info
 
@@ -507,8 +565,9 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
                             "this archive has none; use method 'descent'")
         train = saved.run.train
         stored = max(m.n_stored for m in layout.memories)
-        cues = seeded_cues(net, train.mask_config, train.seed, range(stored))
-        if stored > 1 and (cues == cues[0]).all():
+        keyed = all(m.rule == "keyed" for m in layout.memories)  # keys need no cues
+        cues = None if keyed else seeded_cues(net, train.mask_config, train.seed, range(stored))
+        if not keyed and stored > 1 and (cues == cues[0]).all():
             raise UserError("seeded cues: every task of this run started from the same mask (score init "
                             f"{train.score_init!r}), so they cannot tell the tasks apart; use the descent "
                             "(RecoveryConfig(method='descent'); supsup-hf eval --recovery descent)")

@@ -8,11 +8,13 @@ task's metrics. Every `checkpoint_every` tasks, at the end, and on Ctrl-C, the a
 rewritten atomically, so a killed run loses at most the tasks since the last checkpoint and
 `resume=True` carries on from there.
 
-Memory layout. Neuron masks (hopnet) go into one memory per masked layer (`per-layer`) or one
-memory over all layers' masks concatenated (`joint`). A memory is d×d, so over weight masks
-(lenet: 315,200 entries) it must be split: with `hopfield_dim` D, each layer's (or the joint)
-mask vector is cut into blocks of D entries, one memory per block. Without D, a weight-mask
-model keeps explicit masks only.
+Memory. The keyed memory (`keyed.py`, d mask entries × K keys, the default `supsup-hf train`
+picks by `choose_memory`) or an attractor memory (`memory.py`, d×d). Neuron masks (hopnet) go into
+one memory per masked layer (`per-layer`) or one memory over all layers' masks concatenated
+(`joint`). An attractor memory is d×d, so over weight masks (lenet: 315,200 entries) it must be
+split: with `hopfield_dim` D, each layer's (or the joint) mask vector is cut into blocks of D
+entries, one memory per block. Without D, a weight-mask model keeps explicit masks only, unless
+its memory is keyed.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import numpy as np
 
 from supsup_hopfield.archive import Archive, read_archive, write_archive
 from supsup_hopfield.basenet import DEFAULT_WIDTHS, MASK_KINDS, BaseNetSpec, build_basenet, signed_constant
-from supsup_hopfield.errors import UserError, check_fits
+from supsup_hopfield.errors import UserError, check_fits, physical_memory
+from supsup_hopfield.keyed import MAX_KEYS, KeyedMemory, check_keys, keys_for, memory_bytes
 from supsup_hopfield.masks import init_scores, initial_mask
 from supsup_hopfield.memory import HopfieldMemory, block_edges
 from supsup_hopfield.packed import PackedMaskBank, PackedMasks, mask_sha256
@@ -35,6 +38,7 @@ from supsup_hopfield.streams import make_stream
 from supsup_hopfield.training import TrainConfig, autocast, evaluate, resolve_device, train_tasks
 
 LAYOUTS = ("per-layer", "joint")
+MEMORY_RULES = (*RULES, "keyed")  # the attractor rules, and the keyed memory (keyed.py)
 # Masks per memory unit (n/d) up to which the seeded recovery gave every mask back exactly with
 # projection-zd: 250 trained hopnet masks per 2048-unit layer, 100 steps each (docs/METHOD.md).
 RECOVERY_LOAD = 0.12
@@ -53,6 +57,7 @@ class RunConfig:
     memory_rule: str | None = "projection-zd"  # None: explicit masks only (`choose_memory` picks per run)
     memory_layout: str = "per-layer"
     hopfield_dim: int | None = None  # block size for memories over long (weight) masks
+    memory_keys: int | None = None  # keyed memory: its keys, i.e. the masks it holds (None: as many as tasks)
     memory_dtype: str = "float32"
     keep_masks: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -60,15 +65,20 @@ class RunConfig:
     def __post_init__(self):
         if self.model not in MASK_KINDS:
             raise UserError(f"model: expected one of {', '.join(MASK_KINDS)}, got {self.model!r}")
-        if self.memory_rule is not None and self.memory_rule not in RULES:
-            raise UserError(f"memory rule: expected one of {', '.join(RULES)} or none, got {self.memory_rule!r}")
+        if self.memory_rule is not None and self.memory_rule not in MEMORY_RULES:
+            raise UserError(f"memory rule: expected one of {', '.join(MEMORY_RULES)} or none, got {self.memory_rule!r}")
+        if self.memory_keys is not None:
+            if self.memory_rule != "keyed":
+                raise UserError(f"memory keys: only a keyed memory has keys, this run's is {self.memory_rule!r}; "
+                                "drop `memory_keys` or pass `memory_rule='keyed'`")
+            check_keys(self.memory_keys)
         if self.memory_layout not in LAYOUTS:
             raise UserError(f"memory layout: expected one of {', '.join(LAYOUTS)}, got {self.memory_layout!r}")
         if self.hopfield_dim is not None and self.hopfield_dim < 2:
             raise UserError(f"hopfield dim: expected an integer >= 2, got {self.hopfield_dim}")
         if int(self.outputs) < 2:
             raise UserError(f"outputs: expected at least 2, got {self.outputs}")
-        if self.memory_rule and MASK_KINDS[self.model] == "weight" and self.hopfield_dim is None:
+        if self.memory_rule not in (None, "keyed") and MASK_KINDS[self.model] == "weight" and self.hopfield_dim is None:
             raise UserError(f"model {self.model} learns weight masks ({self.mask_entries():,} entries): a "
                             f"Hopfield memory over them needs `hopfield_dim=D` (one D×D memory per block "
                             f"of D entries), or use `memory_rule='none'` to keep explicit masks only")
@@ -104,53 +114,74 @@ class RunConfig:
         d = dict(d)
         d["widths"] = tuple(d["widths"])
         d["train"] = TrainConfig(**{"precision": "32", **d["train"]})  # older archives trained in float32
+        d.setdefault("memory_keys", None)  # archives from before the keyed memory
         return cls(**d)
 
 
-def choose_memory(model: str, widths, tasks: int, rule: str = "auto", layout: str | None = None,
-                  hopfield_dim: int | None = None) -> tuple[str | None, str, str | None]:
-    """The memory a run of `tasks` tasks keeps: (rule, layout, note for the user or None).
+@dataclass(frozen=True)
+class MemoryChoice:
+    """The memory a run keeps (`choose_memory`): rule (None: explicit masks only), layout, keys
+    (keyed memory only) and a note for the user (None when there is nothing to say)."""
 
-    rule "auto" picks projection-zd and the smallest layout (per-layer before joint) whose
-    memories hold every mask as a fixed point AND give it back without the task id, i.e. whose
-    load tasks/d stays within RECOVERY_LOAD, and refuses when none does. Weight-mask models
-    keep explicit masks only unless `hopfield_dim` cuts them into memories. A rule named
-    explicitly is kept, with a note when its load is past what recovery was measured to hold."""
+    rule: str | None
+    layout: str
+    keys: int | None = None
+    note: str | None = None
+
+
+def _mb(n: int) -> str:
+    return f"{n:,} bytes" if n < 100_000 else f"{n / 1e6:,.1f} MB"
+
+
+def choose_memory(model: str, widths, tasks: int, rule: str = "auto", layout: str | None = None,
+                  hopfield_dim: int | None = None, keys: int | None = None, outputs: int = 10,
+                  available: int | None = None) -> MemoryChoice:
+    """The memory a run of `tasks` tasks keeps.
+
+    rule "auto" picks the keyed memory (keyed.py), one joint memory over all masked layers with
+    the smallest power of two of keys >= tasks: it gives every one of the masks back exactly.
+    Its keys are capped so that it takes at most a quarter of this machine's RAM (`available`
+    bytes); a run past that keeps every mask explicitly and the memory holds the first ones, which
+    the note says. Weight-mask models keep explicit masks only unless `hopfield_dim` is given (a
+    keyed memory of weight masks is far larger than the masks). A rule named explicitly is kept,
+    with a note when recovery will not give every mask back."""
     weight = MASK_KINDS.get(model) == "weight"
     widths = list(widths or DEFAULT_WIDTHS.get(model, ()))
-    layouts = [layout] if layout else list(LAYOUTS)
-
-    def dim(lay):  # the smallest memory of a layout
-        if hopfield_dim:
-            return hopfield_dim
-        return min(widths) if lay == "per-layer" else sum(widths)
-
+    entries = sum(widths) if not weight else \
+        sum(int(np.prod(shape)) for shape in BaseNetSpec(model, tuple(widths), outputs, 0).weight_shapes)
     if rule == "none":
-        return None, layout or "per-layer", None
-    if rule != "auto":
-        d = dim(layout or "per-layer")
-        note = None
-        if not (weight and not hopfield_dim) and tasks > RECOVERY_LOAD * d:
-            note = (f"{tasks} masks in memories of d = {d} (load {tasks / d:.2f}): recovery without the task id "
-                    f"was measured to hold up to load {RECOVERY_LOAD} ({int(RECOVERY_LOAD * d)} masks here); "
-                    f"the explicit masks stay the ground truth")
-        return rule, layout or "per-layer", note
-    if weight and not hopfield_dim:
-        return None, layout or "per-layer", (f"{model} learns weight masks, kept explicitly; pass `hopfield_dim=D` "
-                                             f"to also store them in D-entry Hopfield memories")
-    for lay in layouts:
-        if tasks <= RECOVERY_LOAD * dim(lay):
-            return "projection-zd", lay, None
-    best = max(dim(lay) for lay in layouts)
-    need = -(-tasks * 100 // int(RECOVERY_LOAD * 100))
-    fix = (f"pass `hopfield_dim={need}` or more" if weight else
-           f"widen the network (`widths` giving {'each layer' if layout == 'per-layer' else 'the layers together'} "
-           f"{need} units or more)")
-    raise UserError(f"memory: {tasks} masks are more than a memory of this network gives back without the task "
-                    f"id (measured up to load {RECOVERY_LOAD}: {int(RECOVERY_LOAD * best)} masks at d = {best}); "
-                    f"{fix}, train at most {int(RECOVERY_LOAD * best)} tasks per run, or name a rule to store them "
-                    f"anyway (`memory_rule='projection'` `memory_layout='joint'` holds up to d as fixed points) or "
-                    f"`memory_rule='none'` for explicit masks only")
+        return MemoryChoice(None, layout or "per-layer")
+    if rule == "auto" and weight and not hopfield_dim:
+        return MemoryChoice(None, layout or "per-layer", note=(
+            f"{model} learns weight masks ({entries:,} entries each), kept explicitly; a keyed memory of them "
+            f"would take {_mb(memory_bytes(entries, keys or keys_for(tasks)))} (`memory_rule='keyed'`)"))
+    if rule in ("auto", "keyed"):
+        layout = layout or "joint"
+        if keys is None:
+            budget = (physical_memory() if available is None else available) // 4 or 1 << 62
+            keys = min(keys_for(tasks), MAX_KEYS)
+            while keys > 2 and memory_bytes(entries, keys) > budget:
+                keys //= 2
+        keys = check_keys(keys)
+        size = f"{entries:,} mask entries x {keys:,} keys, {_mb(memory_bytes(entries, keys))}"
+        if tasks > keys:
+            note = (f"keyed memory ({size}) holds the first {keys:,} of the {tasks:,} masks; every mask stays "
+                    f"in the explicit masks (`keep_masks=True`)")
+        else:
+            note = (f"keyed memory ({size}): gives back all {tasks:,} masks exactly, each completed from its "
+                    f"seeded key" + (" (chosen by auto: attractor memories give masks back from seeded cues "
+                                     f"only up to load {RECOVERY_LOAD})" if rule == "auto" else ""))
+        return MemoryChoice("keyed", layout, keys, note)
+    if keys is not None:
+        raise UserError(f"memory keys: only a keyed memory has keys, got `memory_rule={rule!r}`; drop "
+                        "`memory_keys` or pass `memory_rule='keyed'`")
+    d = hopfield_dim or (min(widths) if (layout or "per-layer") == "per-layer" else sum(widths))
+    note = None
+    if not (weight and not hopfield_dim) and tasks > RECOVERY_LOAD * d:
+        note = (f"{tasks} masks in memories of d = {d} (load {tasks / d:.2f}): recovery without the task id "
+                f"was measured to hold up to load {RECOVERY_LOAD} ({int(RECOVERY_LOAD * d)} masks here); "
+                f"the explicit masks stay the ground truth, and `memory_rule='keyed'` gives every mask back")
+    return MemoryChoice(rule, layout or "per-layer", None, note)
 
 
 @dataclass(frozen=True)
@@ -214,20 +245,43 @@ def memory_slots(cfg: RunConfig) -> list[MemorySlot]:
     return slots
 
 
+def new_memories(cfg: RunConfig) -> dict:
+    """The run's memories, empty, one per slot (name -> memory); a keyed run needs its keys."""
+    if cfg.memory_rule == "keyed":
+        if cfg.memory_keys is None:
+            raise UserError("memory keys: a keyed memory needs its number of keys; pass `memory_keys=K` (a power "
+                            "of two >= the tasks, e.g. keyed.keys_for(tasks))")
+        return {s.name: KeyedMemory(s.stop - s.start, cfg.memory_keys, cfg.seed) for s in memory_slots(cfg)}
+    return {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in memory_slots(cfg)}
+
+
+def store_masks(memories: dict, slots, layer_masks) -> None:
+    """Store one task's masks (one array per masked layer) in every memory slot; a keyed memory
+    that is full keeps what it has (the run's explicit masks hold the rest)."""
+    for slot in slots:
+        mem = memories[slot.name]
+        if mem.rule != "keyed" or mem.n_stored < mem.keys:
+            mem.store(slot_pattern(slot, layer_masks))
+
+
 def replay_memories(config: dict, masks: dict, rule: str, stored: int, dtype: str = "float32") -> dict:
     """A saved run's memories rebuilt under `rule` from its first `stored` explicit masks (its
     archive's `config` and `masks`), without retraining: what the run's memory would hold after
-    `stored` tasks had it used `rule`. Same layout and slots as the run (name -> memory)."""
-    cfg = dataclasses.replace(SavedRun.from_config(config).run, memory_rule=rule)
+    `stored` tasks had it used `rule`. Same layout and slots as the run (name -> memory); a keyed
+    memory has the run's keys, or enough for all the run's masks."""
+    run = SavedRun.from_config(config).run
     layers = masks_by_layer(masks)
     if not 1 <= stored <= len(layers[0]):
         raise UserError(f"stored: expected 1..{len(layers[0])} (the run's explicit masks), got {stored}; "
                         "pass counts the archive holds")
+    keys = (run.memory_keys or keys_for(len(layers[0]))) if rule == "keyed" else None
+    cfg = dataclasses.replace(run, memory_rule=rule, memory_keys=keys, memory_dtype=dtype)
     flat = [np.asarray(m[:stored]).reshape(stored, -1) for m in layers]  # (stored, entries) per layer
-    memories = {}
+    memories = new_memories(cfg)
     for slot in memory_slots(cfg):
         rows = flat[slot.layer] if slot.layer is not None else np.concatenate(flat, axis=1)
-        memories[slot.name] = HopfieldMemory(slot.stop - slot.start, rule, dtype).store(rows[:, slot.start:slot.stop])
+        memories[slot.name].store(rows[:min(stored, getattr(memories[slot.name], "keys", stored)),
+                                       slot.start:slot.stop])
     return memories
 
 
@@ -272,7 +326,7 @@ class Progress:
 
 
 def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: bool = False,
-              checkpoint_every: int = 10, data_dir=None, download: bool = False,
+              checkpoint_every: int = 10, data_dir=None, download: bool = True,
               progress: Progress | None = None, parallel_tasks: int = 1, executor=None) -> Archive:
     """Learn tasks 0..tasks−1 (those an archive already holds are kept with `resume`).
 
@@ -280,7 +334,8 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
     (`training.train_tasks`); a task's mask does not depend on K beyond rounding. `executor`:
     None learns in this process; an `executors.RayExecutor` learns the groups on Ray workers.
     Either way the masks enter the memory and the archive in task order, checkpointed as
-    finished tasks cross multiples of `checkpoint_every`."""
+    finished tasks cross multiples of `checkpoint_every`. `download`: fetch the dataset into
+    `data_dir` when its files are missing there (`data.load_dataset`); False never goes online."""
     out = Path(out)
     progress = progress or Progress()
     if tasks < 1:
@@ -296,6 +351,12 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
     if resume and not out.exists():
         raise UserError(f"{out} does not exist, so there is nothing to resume; drop `resume=True`")
     _check_out(out)
+    if cfg.memory_rule == "keyed" and cfg.memory_keys is None:  # as many keys as tasks, or the run's own
+        saved_keys = _saved_keys(out) if resume else None
+        cfg = dataclasses.replace(cfg, memory_keys=saved_keys or keys_for(tasks))
+    if cfg.memory_rule == "keyed" and tasks > cfg.memory_keys and not cfg.keep_masks:
+        raise UserError(f"memory keys: the keyed memory holds {cfg.memory_keys} masks and {tasks} tasks would lose "
+                        f"the rest; pass `keep_masks=True` or `memory_keys={keys_for(tasks)}`")
 
     check_run_fits(cfg)
     stream, net = stream_and_net(cfg, tasks, data_dir, download)
@@ -315,7 +376,7 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
         memories, per_task, evaluations = saved.memories, list(saved.per_task), saved.evaluations
         kept = PackedMaskBank(masks_by_layer(saved.masks)) if saved.masks else None
     else:
-        memories = {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in slots}
+        memories = new_memories(cfg)
         per_task, evaluations, kept = [], [], None
     if cfg.keep_masks and kept is None:
         kept = PackedMaskBank([PackedMasks.empty(shape) for shape in net.mask_shapes])  # a row per finished task
@@ -340,8 +401,7 @@ def train_run(cfg: RunConfig, tasks: int, out, *, resume: bool = False, force: b
         for results in learned:
             before = len(per_task)
             for layer_masks, info in results:
-                for slot in slots:
-                    memories[slot.name].store(slot_pattern(slot, layer_masks))
+                store_masks(memories, slots, layer_masks)
                 sha = kept.task_sha256(kept.append(layer_masks)) if cfg.keep_masks else mask_sha256(layer_masks)
                 record = {"task": info["task"], "accuracy": info["accuracy"], "mask_sha256": sha,
                           **{k: info[k] for k in ("seconds", "final_loss", "density", "flip_fraction", "batchnorm")
@@ -393,7 +453,7 @@ def _worker_run(cfg: RunConfig, tasks: int, data_dir):
 
 
 def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check_every: int = 100,
-                  budget: int | None = None, data_dir=None, download: bool = False,
+                  budget: int | None = None, data_dir=None, download: bool = True,
                   progress=None) -> tuple[Archive, dict]:
     """The NNs scenario (docs/METHOD.md §6): the learner sees tasks 0..tasks−1 in order but is told
     neither the task nor when it changes; it allocates masks itself (`nns.train_nns`). Every
@@ -407,16 +467,17 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass `force=True` to overwrite it (NNs runs are not resumable)")
     _check_out(out)
+    if cfg.memory_rule == "keyed" and cfg.memory_keys is None:  # a key for every mask the budget allows
+        cfg = dataclasses.replace(cfg, memory_keys=keys_for(budget or tasks))
     check_run_fits(cfg)
     nns_cfg = NNsConfig(check_every=check_every, budget=budget, train=cfg.train)
     stream, net = stream_and_net(cfg, tasks, data_dir, download)
     masks, report = train_nns(net, stream, tasks, cfg.train.steps, nns_cfg, progress=progress)
     scores = evaluate_nns(net, masks, stream, range(tasks), report["task_to_mask"], "oneshot")
     slots = memory_slots(cfg)
-    memories = {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in slots}
+    memories = new_memories(cfg)
     for layer_masks in masks:
-        for slot in slots:
-            memories[slot.name].store(slot_pattern(slot, layer_masks))
+        store_masks(memories, slots, layer_masks)
     per_task = []
     for t in range(tasks):
         m = report["task_to_mask"][t]
@@ -432,6 +493,16 @@ def train_nns_run(cfg: RunConfig, tasks: int, out, *, force: bool = False, check
         archive.masks = {layer_key(l): np.stack([m[l] for m in masks]) for l in range(len(net.mask_shapes))}
     write_archive(out, archive)
     return archive, report
+
+
+def _saved_keys(out: Path) -> int | None:
+    """The keys of the keyed memory a run archive keeps (None if it cannot be read: resuming says why)."""
+    from supsup_hopfield.archive import read_header
+
+    try:
+        return SavedRun.from_config(read_header(out, verify=False).config).run.memory_keys
+    except (ValueError, OSError):
+        return None
 
 
 def _check_out(out: Path):
@@ -454,12 +525,13 @@ def check_run_fits(cfg: RunConfig, available: int | None = None):
     """Refuse a run whose memories or network would not fit in RAM, before allocating them."""
     weights = sum(cfg.weight_counts())
     itemsize = np.dtype(cfg.memory_dtype).itemsize
-    memories = sum((s.stop - s.start) ** 2 * itemsize for s in memory_slots(cfg))
+    memories = sum(memory_bytes(s.stop - s.start, cfg.memory_keys) if cfg.memory_rule == "keyed" else
+                   (s.stop - s.start) ** 2 * itemsize for s in memory_slots(cfg))
     check_fits("this run", {"Hopfield memories": memories, "base network": weights * _TRAIN_BYTES_PER_WEIGHT},
                "pass a smaller `hopfield_dim`, `widths` or `outputs`", available)
 
 
-def stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool):
+def stream_and_net(cfg: RunConfig, tasks: int, data_dir, download: bool = True):
     """The run's task stream (data on the training device) and its frozen base network, rebuilt
     from the config alone (also how `evaluation` rebuilds a saved run)."""
     device = resolve_device(cfg.train.device)

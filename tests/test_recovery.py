@@ -298,3 +298,47 @@ def test_input_errors():
     empty = Candidates(np.zeros((0, 80), bool), np.zeros((0, 2), bool), 0.0)
     with pytest.raises(UserError, match="candidates: none to choose from"):
         recover_masks(net, mems, batches, candidates=empty)
+
+
+@needs_data
+@pytest.mark.parametrize("stages", [{}, {"prescreen_keep": 2, "shortlist": 1}, {"superposed": 2}])
+def test_keyed_memory_gives_every_mask_back_through_the_selection_stages(trained, monkeypatch, stages):
+    # the run's masks in a keyed memory: decoded exactly from their keys, then found by the
+    # selection cascade (entropy prescreen, screen, shortlist), or by superposition first
+    archive, net, stream = trained
+    memories = replay_memories(archive.config, archive.masks, "keyed", 4)
+    assert list(memories) == ["layer0", "layer1"] and memories["layer0"].keys == 4
+    screened = []
+    real = recovery.candidate_entropies
+    monkeypatch.setattr(recovery, "candidate_entropies",
+                        lambda net, x, masks, shapes: screened.append(len(masks)) or real(net, x, masks, shapes))
+    records = evaluate_recovery(net, archive, stream, config=RecoveryConfig(**stages), memories=memories)
+    for r in records:
+        assert r["hamming"] == [0, 0] and r["chosen"] == f"key {r['task']}", r
+        assert r["accuracy"] == r["gg_accuracy"] and r["fixed_point"] == [True, True] and r["candidates"] == 4
+    if "superposed" in stages:  # one-shot inference in superposition kept 2 of the 4 for the screen
+        assert max(screened) == 2
+    elif stages:  # prescreen keeps 2, the screen 1, which the selection batches confirm
+        assert screened[:3] == [4, 2, 1]
+
+
+@needs_data
+def test_superposed_shortlist_is_the_paper_one_shot_gradient(trained):
+    from supsup_hopfield.inference import alpha_gradient
+    from supsup_hopfield.packed import PackedMaskBank
+
+    archive, net, stream = trained
+    x = next(iter(stream.task(2).test_batches(64)))[0]
+    flat = np.concatenate([archive.masks["layer0"], archive.masks["layer1"]], axis=1)
+    g = alpha_gradient(net, PackedMaskBank.from_masks([true_masks(archive, t) for t in range(4)]), x)
+    keep = recovery.superposed_shortlist(net, x, flat, [(256,), (256,)], 2)
+    np.testing.assert_array_equal(keep, np.sort(np.argsort(g)[:2]))
+
+
+@needs_data
+def test_the_descent_refuses_a_keyed_memory(trained):
+    archive, net, stream = trained
+    memories = replay_memories(archive.config, archive.masks, "keyed", 4)
+    batches = [x for x, _ in stream.task(0).test_batches(64)][:2]
+    with pytest.raises(UserError, match="recovery: the descent runs on an attractor memory's energy"):
+        recover_masks(net, memories, batches, RecoveryConfig(method="descent"))

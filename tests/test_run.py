@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from supsup_hopfield.cli.main import app
 from supsup_hopfield.archive import read_archive, read_header
 from supsup_hopfield.errors import UserError
+from supsup_hopfield.keyed import memory_bytes
 from supsup_hopfield.packed import PackedMasks, mask_sha256
-from supsup_hopfield.run import RECOVERY_LOAD, RunConfig, choose_memory, memory_slots, slot_pattern, train_run
+from supsup_hopfield.run import MemoryChoice, RunConfig, choose_memory, memory_slots, slot_pattern, train_run
 from supsup_hopfield.training import TrainConfig
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -51,36 +52,40 @@ def test_weight_masks_need_hopfield_dim():
 
 
 def test_auto_memory_holds_and_gives_back_the_tasks_asked_for():
-    # hopnet 2048-2048: per-layer memories give back up to 0.12·2048 masks, one joint memory twice that
-    assert RECOVERY_LOAD * 2048 == pytest.approx(245.76)
-    assert choose_memory("hopnet", None, 245) == ("projection-zd", "per-layer", None)
-    assert choose_memory("hopnet", None, 246) == ("projection-zd", "joint", None)
-    assert choose_memory("hopnet", (300, 100), 12) == ("projection-zd", "per-layer", None)  # smallest layer
-    assert choose_memory("hopnet", (300, 100), 13)[:2] == ("projection-zd", "joint")
-    with pytest.raises(UserError, match=r"memory: 2500 masks are more than a memory of this network gives back "
-                                        r"without the task id \(measured up to load 0.12: 491 masks at d = 4096\); "
-                                        r"widen the network \(`widths` giving the layers together 20834 units"):
-        choose_memory("hopnet", None, 2500)
-    with pytest.raises(UserError, match="memory: 300 masks .* 245 masks at d = 2048"):
-        choose_memory("hopnet", None, 300, layout="per-layer")
-    # weight masks: explicit only, unless --hopfield-dim cuts them into memories
-    rule, layout, note = choose_memory("lenet", None, 2500)
-    assert rule is None and "kept explicitly" in note
-    assert choose_memory("lenet", None, 100, hopfield_dim=1024)[:2] == ("projection-zd", "per-layer")
-    with pytest.raises(UserError, match="pass `hopfield_dim=20834` or more"):
-        choose_memory("lenet", None, 2500, hopfield_dim=1024)
+    # auto: one joint keyed memory with the smallest power of two of keys >= tasks, and says so
+    c = choose_memory("hopnet", None, 2500, available=64 << 30)
+    assert (c.rule, c.layout, c.keys) == ("keyed", "joint", 4096)
+    assert c.note.startswith("keyed memory (4,096 mask entries x 4,096 keys, 33.6 MB): gives back all 2,500 masks")
+    assert "load 0.12" in c.note  # why not an attractor memory
+    assert choose_memory("hopnet", None, 1).keys == 2 and choose_memory("hopnet", None, 4096).keys == 4096
+    assert choose_memory("hopnet", None, 4097).keys == 8192
+    assert choose_memory("hopnet", None, 300, layout="per-layer").layout == "per-layer"
+    # past what RAM allows (a quarter of it), the memory holds the first masks and says so
+    c = choose_memory("hopnet", None, 2500, available=4 * memory_bytes(4096, 1024))
+    assert c.keys == 1024 and "holds the first 1,024 of the 2,500 masks" in c.note
+    # weight masks: explicit only (with the keyed memory's bytes), unless --hopfield-dim asks for memories
+    c = choose_memory("lenet", None, 2500, outputs=500)
+    assert c.rule is None and "315,200 entries each), kept explicitly" in c.note and "2,582.1 MB" in c.note
+    assert choose_memory("lenet", None, 100, hopfield_dim=1024).rule == "keyed"
     # a rule named by the user is kept; past the measured load it says what to expect
-    rule, layout, note = choose_memory("hopnet", None, 2500, "projection", "joint")
-    assert (rule, layout) == ("projection", "joint") and "load 0.61" in note and "491 masks here" in note
-    assert choose_memory("hopnet", None, 10, "storkey") == ("storkey", "per-layer", None)
-    assert choose_memory("hopnet", None, 10, "none")[0] is None
+    c = choose_memory("hopnet", None, 2500, "projection", "joint")
+    assert (c.rule, c.layout) == ("projection", "joint") and "load 0.61" in c.note and "491 masks here" in c.note
+    assert choose_memory("hopnet", None, 10, "storkey") == MemoryChoice("storkey", "per-layer")
+    assert choose_memory("hopnet", None, 10, "keyed", keys=64).keys == 64
+    assert choose_memory("hopnet", None, 10, "none").rule is None
+    with pytest.raises(UserError, match="only a keyed memory has keys"):
+        choose_memory("hopnet", None, 10, "storkey", keys=64)
+    with pytest.raises(UserError, match="keys: expected a power of two"):
+        choose_memory("hopnet", None, 10, "keyed", keys=100)
 
 
-def test_train_refuses_a_memory_it_cannot_give_back_before_training(tmp_path):
+def test_train_takes_2500_tasks_and_refuses_only_what_is_missing(tmp_path):
+    # the memory no longer refuses 2500 masks; without the data and without downloading, one line
     out = tmp_path / "x.h5"
-    r = CliRunner().invoke(app, ["train", "--tasks", "2500", "--out", str(out)])
+    r = CliRunner().invoke(app, ["train", "--tasks", "2500", "--no-download", "--data-dir", str(tmp_path),
+                                 "--out", str(out)])
     assert r.exit_code == 2 and "Traceback" not in r.output
-    assert len(r.output.strip().splitlines()) == 1 and "2500 masks are more than" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "IDX" in r.output and "more than" not in r.output
     assert not out.exists()
 
 
@@ -89,15 +94,16 @@ def test_train_fills_memory_and_archive(tmp_path):
     out = tmp_path / "b.h5"
     r = CliRunner().invoke(app, ["train", "--tasks", "3", *SMALL, "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "3 tasks in" in r.output and "3 of them exact fixed points" in r.output
+    assert r.output.startswith("note: keyed memory (128 mask entries x 4 keys, 1,024 bytes): gives back all 3")
+    assert "3 tasks in" in r.output and "3 of them given back exactly from their keys" in r.output
     a = read_archive(out)
     assert [t["task"] for t in a.per_task] == [0, 1, 2]
     assert np.mean([t["accuracy"] for t in a.per_task]) > 0.8  # 2-class tasks, 30 steps
     assert a.masks["layer0"].shape == (3, 64) and a.masks["layer1"].shape == (3, 64)
-    for layer in ("layer0", "layer1"):
-        mem = a.memories[layer]
-        assert (mem.rule, mem.dim, mem.n_stored) == ("projection-zd", 64, 3)
-        assert mem.stable(a.masks[layer]).all()  # the masks are the memory's fixed points
+    mem = a.memories["joint"]  # one keyed memory over both layers' masks
+    assert (mem.rule, mem.dim, mem.keys, mem.n_stored) == ("keyed", 128, 4, 3)
+    joint = np.concatenate([a.masks["layer0"], a.masks["layer1"]], axis=1)
+    assert (mem.recall() == np.where(joint, 1, -1)).all()  # every mask given back from its key
     for t, rec in enumerate(a.per_task):
         assert rec["mask_sha256"] == mask_sha256([a.masks["layer0"][t], a.masks["layer1"][t]])
     # the same run again is bit-identical (deterministic on the CPU)
@@ -105,7 +111,7 @@ def test_train_fills_memory_and_archive(tmp_path):
     assert CliRunner().invoke(app, ["train", "--tasks", "3", *SMALL, "--out", str(out2)]).exit_code == 0
     b = read_archive(out2)
     assert [t["mask_sha256"] for t in a.per_task] == [t["mask_sha256"] for t in b.per_task]
-    np.testing.assert_array_equal(a.memories["layer0"].weights, b.memories["layer0"].weights)
+    np.testing.assert_array_equal(a.memories["joint"].weights, b.memories["joint"].weights)
 
 
 @needs_data
@@ -159,7 +165,7 @@ def test_sigkill_after_second_checkpoint_then_resume(tmp_path):
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     after = read_archive(out)
-    assert len(after.per_task) == 6 and after.memories["layer0"].n_stored == 6
+    assert len(after.per_task) == 6 and all(m.n_stored == 6 for m in after.memories.values())
     assert [t["mask_sha256"] for t in after.per_task[:4]] == [t["mask_sha256"] for t in before.per_task]
     for layer in ("layer0", "layer1"):
         np.testing.assert_array_equal(after.masks[layer][:4], before.masks[layer])
@@ -201,7 +207,8 @@ def test_ctrl_c_saves_exactly_the_finished_tasks_and_resume_matches_an_uninterru
     assert [t["mask_sha256"] for t in a.per_task] == [t["mask_sha256"] for t in b.per_task]
     for layer in ("layer0", "layer1"):
         np.testing.assert_array_equal(a.masks[layer], b.masks[layer])
-        np.testing.assert_array_equal(a.memories[layer].weights, b.memories[layer].weights)
+    assert list(a.memories) == list(b.memories) == ["joint"]
+    np.testing.assert_array_equal(a.memories["joint"].weights, b.memories["joint"].weights)
 
 
 @needs_data
@@ -214,8 +221,9 @@ def test_errors_are_one_line_and_nothing_is_overwritten(tmp_path):
     assert r.exit_code == 2 and "permuted-cifar" in r.output
     r = run("--tasks", "1", "--model", "resnet", "--out", str(out))
     assert r.exit_code == 2 and "resnet" in r.output
-    r = run("--tasks", "1", "--dataset", "permuted-mnist", "--data-dir", str(tmp_path), "--out", str(out))
-    assert r.exit_code == 2 and "--download" in r.output
+    r = run("--tasks", "1", "--dataset", "permuted-mnist", "--data-dir", str(tmp_path), "--out", str(out),
+            "--no-download")
+    assert r.exit_code == 2 and "or pass --download" in r.output
     assert not out.exists()
 
     assert run("--tasks", "1", *SMALL, "--out", str(out)).exit_code == 0
@@ -235,7 +243,8 @@ def test_errors_are_one_line_and_nothing_is_overwritten(tmp_path):
     cases = [
         (["--tasks", "3", "--steps", "1", "--dataset", "split-fashion-mnist", "--outputs", "3", "--force"],
          "needs at least 10 output neurons, got 3; pass --outputs 10"),
-        (["--tasks", "1", "--model", "lenet", "--hopfield-dim", "100000000", "--force"],
+        (["--tasks", "1", "--model", "lenet", "--memory-rule", "projection-zd", "--hopfield-dim", "100000000",
+          "--force"],
          "this run would need about 209.4 GiB (Hopfield memories 209.4 GiB"),
         (["--tasks", "1", *SMALL, "--widths", "100000000", "--force"],
          "base network 1257.1 GiB), more than this machine's"),
@@ -367,3 +376,25 @@ def test_bf16_mixed_on_a_cpu_without_bfloat16_says_it_will_be_slow(tmp_path, mon
                                      "--out", str(tmp_path / f"{native}.h5")])
         assert r.exit_code == 0, r.output
         assert ("no bfloat16 arithmetic" in r.stderr) is (not native)
+
+
+@needs_data
+def test_a_keyed_memory_past_its_keys_keeps_the_first_masks_and_says_so(tmp_path):
+    out = tmp_path / "k.h5"
+    r = CliRunner().invoke(app, ["train", "--tasks", "3", *SMALL, "--steps", "2", "--memory-rule", "keyed",
+                                 "--memory-keys", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "note: keyed memory (128 mask entries x 2 keys, 512 bytes) holds the first 2 of the 3 masks" in r.output
+    assert "2 masks stored, 2 of them given back exactly from their keys" in r.output
+    a = read_archive(out)
+    assert len(a.per_task) == 3 and len(a.masks["layer0"]) == 3  # every mask kept explicitly
+    assert a.memories["joint"].n_stored == 2 and a.config["run"]["memory_keys"] == 2
+    # resuming to more tasks keeps the run's keys (its memory is fixed when the run starts)
+    r = CliRunner().invoke(app, ["train", "--tasks", "5", *SMALL, "--steps", "2", "--out", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    a = read_archive(out)
+    assert len(a.per_task) == 5 and a.memories["joint"].n_stored == 2
+    # without explicit masks the rest would be lost: refused before training
+    r = CliRunner().invoke(app, ["train", "--tasks", "3", *SMALL, "--steps", "2", "--memory-rule", "keyed",
+                                 "--memory-keys", "2", "--no-keep-masks", "--out", str(tmp_path / "n.h5")])
+    assert r.exit_code == 2 and "--memory-keys 4" in r.output and len(r.output.strip().splitlines()) == 1
