@@ -179,6 +179,13 @@ class _Layout:
             raise UserError("slots: the memories must cover every mask entry exactly once; pass the "
                             "slots the run recorded")
         self.offsets = offsets
+        kinds = {m.rule == "keyed" for m in self.memories}
+        if len(kinds) > 1:
+            raise UserError("memories: a run keeps keyed memories or attractor memories, not both; pass the run's own")
+        self.keyed = kinds == {True}  # keyed memories: every stored mask comes back from its key
+        if self.keyed and len({m.n_stored for m in self.memories}) > 1:
+            raise UserError(f"memories: the keyed memories of a run hold as many masks each, got "
+                            f"{sorted({m.n_stored for m in self.memories})}; pass the run's own")
 
     def to_slots(self, flat: np.ndarray) -> List[np.ndarray]:
         """flat (..., entries) over all layers -> one (..., dim) array per slot."""
@@ -226,14 +233,10 @@ def decode(net: BaseNet, memories: dict, cues: Optional[np.ndarray] = None,
     recovered from them."""
     start = time.perf_counter()
     layout = _Layout(net, memories, slots)
-    keyed = [m.rule == "keyed" for m in layout.memories]
-    if all(keyed):
-        counts = {m.n_stored for m in layout.memories}
-        if len(counts) != 1:
-            raise UserError(f"memories: keyed memories of one run hold as many masks each, got {sorted(counts)}")
-        cues = np.zeros((counts.pop(), int(layout.offsets[-1])), bool)  # only the count is used
-    elif any(keyed):
-        raise UserError("memories: a run keeps keyed memories or attractor memories, not both; pass the run's own")
+    if layout.keyed:  # every task's mask completed from its key: [z_j; k_j] is a fixed point by construction
+        parts = [mem.recall() > 0 for mem in layout.memories]
+        fixed = np.ones((len(parts[0]), len(parts)), bool)
+        return Candidates(layout.from_slots(parts), fixed, time.perf_counter() - start)
     if cues is None:
         raise UserError("cues: attractor memories recall from cues; pass seeded_cues(...)")
     cues = np.asarray(cues)
@@ -243,16 +246,14 @@ def decode(net: BaseNet, memories: dict, cues: Optional[np.ndarray] = None,
     parts, fixed = [], []
     for k, (mem, cue) in enumerate(zip(layout.memories, layout.to_slots(cues))):
         rng_seed = derive_seed(seed, RECOVERY_TAG, 1, k)
-        if mem.rule == "keyed":
-            out = mem.recall()
-        elif config.recall == "none":
+        if config.recall == "none":
             out = np.where(cue, 1, -1).astype(np.int8)
         elif config.recall == "anneal" and mem.rule in SPAN_RULES:
             out = _decode_by_cancellation(mem, cue, config, np.random.default_rng(rng_seed))
         else:
             out = mem.recall(cue, mode=config.recall, max_sweeps=config.max_sweeps, seed=rng_seed)
         parts.append(out > 0)
-        fixed.append(np.ones(len(out), bool) if mem.rule == "keyed" else mem.stable(out))  # keyed: fixed by construction
+        fixed.append(mem.stable(out))
     return Candidates(layout.from_slots(parts), np.stack(fixed, axis=1), time.perf_counter() - start)
 
 
@@ -486,17 +487,16 @@ def recover_masks(net: BaseNet, memories: dict, batches: Iterable, config: Recov
     xs = _check_batches(net, batches)
     info = {"steps": 0, "settled": None}
     if config.method == "seeded":
-        keyed = all(m.rule == "keyed" for m in layout.memories)
         if candidates is None:
-            if cues is None and not keyed:
+            if cues is None and not layout.keyed:
                 raise UserError("cues: the seeded method needs the run's seeded initial masks; pass "
                                 "cues=seeded_cues(...) (evaluate_recovery does), or use method 'descent'")
             candidates = decode(net, memories, cues, config, slots, seed)
         j, h, n = _select(net, xs, candidates.masks, layout.shapes, config)
         flat = np.where(candidates.masks[j], 1, -1).astype(np.int8)
-        info.update(chosen=f"{'key' if keyed else 'cue'} {j}", candidates=n, entropy=h)
+        info.update(chosen=f"{'key' if layout.keyed else 'cue'} {j}", candidates=n, entropy=h)
     else:
-        if any(m.rule == "keyed" for m in layout.memories):
+        if layout.keyed:
             raise UserError("recovery: the descent runs on an attractor memory's energy, and this memory is keyed; "
                             "use method 'seeded' (every mask completed from its key), or replay the masks into an "
                             "attractor rule (`supsup-hf eval --memory-rule storkey-paper --recovery paper`)")
@@ -511,7 +511,7 @@ def recover_masks(net: BaseNet, memories: dict, batches: Iterable, config: Recov
                   / min(len(xs), config.selection_batches))
         info.update(chosen="descent", candidates=1, entropy=h, steps=steps, settled=settled, trace=trace)
     parts = layout.to_slots(flat)
-    if config.method == "seeded" and keyed:  # task j's key clamped: the candidate is its fixed point
+    if config.method == "seeded" and layout.keyed:  # task j's key clamped: the candidate is its fixed point
         info["fixed_point"] = [bool(f) for f in candidates.fixed[j]]
         info["energy"] = [m.energy(p, j) for m, p in zip(layout.memories, parts)]
     else:
@@ -565,9 +565,8 @@ def evaluate_recovery(net: BaseNet, archive, stream, tasks: Optional[Iterable[in
                             "this archive has none; use method 'descent'")
         train = saved.run.train
         stored = max(m.n_stored for m in layout.memories)
-        keyed = all(m.rule == "keyed" for m in layout.memories)  # keys need no cues
-        cues = None if keyed else seeded_cues(net, train.mask_config, train.seed, range(stored))
-        if not keyed and stored > 1 and (cues == cues[0]).all():
+        cues = None if layout.keyed else seeded_cues(net, train.mask_config, train.seed, range(stored))
+        if not layout.keyed and stored > 1 and (cues == cues[0]).all():
             raise UserError("seeded cues: every task of this run started from the same mask (score init "
                             f"{train.score_init!r}), so they cannot tell the tasks apart; use the descent "
                             "(RecoveryConfig(method='descent'); supsup-hf eval --recovery descent)")

@@ -173,3 +173,49 @@ def test_eval_bad_options_are_one_line(run_copy, args, message):
     assert r.exit_code == 2, r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert __import__("re").search(message, r.output), r.output
+
+
+@pytest.fixture(scope="module")
+def keyed_run(tmp_path_factory):
+    """`supsup-hf train` on its defaults (a keyed memory): 3 permuted Fashion-MNIST tasks on
+    hopnet 256-256, 100 steps each."""
+    from pathlib import Path
+
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("dataset-fashion-mnist not installed")
+    path = tmp_path_factory.mktemp("keyed") / "k.h5"
+    r = CliRunner().invoke(app, ["train", "--tasks", "3", "--dataset", "permuted-fashion-mnist", "--widths", "256,256",
+                                 "--steps", "100", "--device", "cpu", "--out", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "note: keyed memory (512 mask entries x 4 keys, 4,096 bytes): gives back all 3 masks" in r.output
+    return path
+
+
+def test_eval_hopfield_gives_every_mask_back_from_a_keyed_memory(keyed_run, tmp_path):
+    path = tmp_path / "k.h5"
+    shutil.copy(keyed_run, path)
+    r = CliRunner().invoke(app, ["eval", str(path), "--method", "hopfield", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["tasks"] == 3 and res["seconds"] > 0 and res["task_inference_accuracy"] == 1.0
+    trained = [t["accuracy"] for t in read_archive(path).per_task]
+    for t, row in zip(range(3), res["per_task"]):
+        assert row["hamming"] == [0, 0] and row["chosen"] == f"key {t}"
+        assert row["accuracy"] == row["task_given_accuracy"] == pytest.approx(trained[t])
+    assert res["mean_accuracy"] == pytest.approx(np.mean(trained))
+    # the paper's descent needs an attractor memory: one line, exit 2
+    r = CliRunner().invoke(app, ["eval", str(path), "--method", "hopfield", "--recovery", "paper", "--device", "cpu"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "this memory is keyed" in r.output
+
+
+def test_replay_pairs_the_paper_method_with_attractor_rules_only(keyed_run, tmp_path):
+    path = tmp_path / "k.h5"
+    shutil.copy(keyed_run, path)
+    r = CliRunner().invoke(app, ["eval", str(path), "--method", "hopfield", "--memory-rule", "keyed,storkey-paper",
+                                 "--stored", "1,3", "--tasks", "0:3:2", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [(row["rule"], row["stored"], row["recovery"], row["tasks"]) for row in json.loads(r.output)["rows"]]
+    assert rows == [("keyed", 1, "seeded", 1), ("keyed", 3, "seeded", 2), ("storkey-paper", 1, "seeded", 1),
+                    ("storkey-paper", 1, "paper", 1), ("storkey-paper", 3, "seeded", 2), ("storkey-paper", 3, "paper", 2)]
+    keyed = [row for row in json.loads(r.output)["rows"] if row["rule"] == "keyed"]
+    assert all(row["exact_fraction"] == 1.0 for row in keyed)
