@@ -246,12 +246,13 @@ class KeyedMemory:
 
 
 def quantize(W: np.ndarray, bits: int) -> np.ndarray:
-    """W rounded to signed `bits`-bit integers with one scale per row, returned as float64 (the
-    values a `bits`-bit copy decodes to): what a lower-precision keyed memory would hold."""
+    """W rounded to signed `bits`-bit integers q with one float32 scale per row, returned as the
+    float64 values q·scale that such a copy decodes to: what a lower-precision keyed memory would
+    hold (d·(⌈K·bits/8⌉ + 4) bytes)."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 16:
         raise UserError(f"bits: expected an integer from 2 to 16, got {bits!r}")
     top = (1 << (bits - 1)) - 1
     W = np.asarray(W, np.float64)
-    scale = np.abs(W).max(axis=1, keepdims=True) / top
+    scale = (np.abs(W).max(axis=1, keepdims=True) / top).astype(np.float32).astype(np.float64)
     scale[scale == 0] = 1.0
-    return np.round(W / scale) * scale
+    return np.clip(np.round(W / scale), -top, top) * scale
