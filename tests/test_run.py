@@ -140,7 +140,7 @@ def test_resume_extends_and_keeps_finished_masks(tmp_path):
 def test_sigkill_after_second_checkpoint_then_resume(tmp_path):
     out = tmp_path / "k.h5"
     small = [a if a != "split-fashion-mnist" else "permuted-fashion-mnist" for a in SMALL]
-    cmd = [sys.executable, "-m", "cli", "train", "--tasks", "6", *small,
+    cmd = [sys.executable, "-m", "supsup_hopfield.cli", "train", "--tasks", "6", *small,
            "--checkpoint-every", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -175,7 +175,9 @@ def test_sigkill_after_second_checkpoint_then_resume(tmp_path):
 def test_ctrl_c_saves_exactly_the_finished_tasks_and_resume_matches_an_uninterrupted_run(tmp_path):
     small = [a if a != "split-fashion-mnist" else "permuted-fashion-mnist" for a in SMALL]
     out, whole = tmp_path / "c.h5", tmp_path / "whole.h5"
-    cmd = [sys.executable, "-m", "cli", "train", "--tasks", "4", *small, "--out", str(out)]
+    # 12 tasks of ~0.1 s: the interrupt sent after task 1 lands long before the run could end (with
+    # 4 tasks the run sometimes finished first, and the test failed)
+    cmd = [sys.executable, "-m", "supsup_hopfield.cli", "train", "--tasks", "12", *small, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     try:
