@@ -180,7 +180,7 @@ def _train_nns(cfg, tasks, out, force, check_every, budget, data_dir, download):
 def summary(archive, out) -> str:
     import numpy as np
 
-    from supsup_hopfield.run import SavedRun, masks_by_layer, slot_pattern
+    from supsup_hopfield.run import SavedRun, format_bytes, masks_by_layer, slot_pattern
 
     acc = [r["accuracy"] for r in archive.per_task]
     lines = [f"{len(acc)} tasks in {out}; mean accuracy with the task given (GG) {np.mean(acc):.4f}"]
@@ -190,7 +190,7 @@ def summary(archive, out) -> str:
         mem = archive.memories[slot.name]
         keyed = mem.rule == "keyed"
         line = (f"memory {slot.name}: {mem.rule}, d = {mem.dim}" + (f" x {mem.keys} keys" if keyed else "") +
-                f" ({mem.nbytes / 1e6:,.1f} MB), {mem.n_stored} masks stored")
+                f" ({format_bytes(mem.nbytes)}), {mem.n_stored} masks stored")
         if masks:
             layers = masks_by_layer(masks)
             patterns = np.stack([slot_pattern(slot, [m[t] for m in layers]) for t in range(mem.n_stored)])

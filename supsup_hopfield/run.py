@@ -129,7 +129,8 @@ class MemoryChoice:
     note: str | None = None
 
 
-def _mb(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """A size for people: bytes below 100 kB, else MB (10^6 bytes) with one decimal."""
     return f"{n:,} bytes" if n < 100_000 else f"{n / 1e6:,.1f} MB"
 
 
@@ -154,7 +155,7 @@ def choose_memory(model: str, widths, tasks: int, rule: str = "auto", layout: st
     if rule == "auto" and weight and not hopfield_dim:
         return MemoryChoice(None, layout or "per-layer", note=(
             f"{model} learns weight masks ({entries:,} entries each), kept explicitly; a keyed memory of them "
-            f"would take {_mb(memory_bytes(entries, keys or keys_for(tasks)))} (`memory_rule='keyed'`)"))
+            f"would take {format_bytes(memory_bytes(entries, keys or keys_for(tasks)))} (`memory_rule='keyed'`)"))
     if rule in ("auto", "keyed"):
         layout = layout or "joint"
         if keys is None:
@@ -163,7 +164,7 @@ def choose_memory(model: str, widths, tasks: int, rule: str = "auto", layout: st
             while keys > 2 and memory_bytes(entries, keys) > budget:
                 keys //= 2
         keys = check_keys(keys)
-        size = f"{entries:,} mask entries x {keys:,} keys, {_mb(memory_bytes(entries, keys))}"
+        size = f"{entries:,} mask entries x {keys:,} keys, {format_bytes(memory_bytes(entries, keys))}"
         if tasks > keys:
             note = (f"keyed memory ({size}) holds the first {keys:,} of the {tasks:,} masks; every mask stays "
                     f"in the explicit masks (`keep_masks=True`)")

@@ -42,7 +42,8 @@ def test_split_cifar_trains_saves_reloads_resumes_and_reports(colour_dir, tmp_pa
     out = tmp_path / "c.h5"
     r = CliRunner().invoke(app, train_args(colour_dir, out))
     assert r.exit_code == 0, r.output
-    assert r.stderr.startswith("note: resnet18 learns weight masks, kept explicitly; pass --hopfield-dim D")
+    assert r.stderr.startswith("note: resnet18 learns weight masks (174,872 entries each), kept explicitly; a keyed "
+                               "memory of them would take 0.7 MB (--memory-rule keyed)")
     a = read_archive(out)
     assert [t["task"] for t in a.per_task] == [0, 1]
     assert np.mean([t["accuracy"] for t in a.per_task]) >= 0.9, [t["accuracy"] for t in a.per_task]
