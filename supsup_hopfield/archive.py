@@ -438,21 +438,27 @@ def _read_array(r: _Reader, name, obj, attrs):
     return r.data(name, obj, attrs)
 
 
+def _read_weights(r: _Reader, name, shape: tuple, dtypes: tuple):
+    """A memory's child `weights`, checked to be an `array` of `shape` with one of `dtypes`
+    before any data is read: (the array, or None for a header; its attributes)."""
+    wname = f"{name}/weights"
+    wobj, wattrs = r.get(wname, "dataset")
+    if wattrs.get("encoding-type") != "array":
+        raise r.error(f"{wname} should be an 'array', got {wattrs.get('encoding-type')!r}")
+    if json.loads(wattrs["shape"]) != list(shape):
+        raise r.error(f"{wname} has shape {tuple(json.loads(wattrs['shape']))}, expected {tuple(shape)}")
+    if wattrs["dtype"] not in dtypes:
+        raise r.error(f"{wname} has dtype {wattrs['dtype']}, expected one of {', '.join(dtypes)}")
+    return r.dispatch(wname, wobj, wattrs), wattrs
+
+
 @_reader("hopfield-memory", "1")
 @_reader("hopfield-memory", "2")
 def _read_memory(r: _Reader, name, obj, attrs):
     """Version 2 adds, for rule `margin` only, the dataset `patterns` and the attributes
     `margin` and `learned` (JSON); a version-1 memory is read the same way."""
     rule, dim, n_stored = attrs["rule"], attrs["dim"], attrs["n-stored"]
-    wname = f"{name}/weights"
-    wobj, wattrs = r.get(wname, "dataset")
-    if wattrs.get("encoding-type") != "array":
-        raise r.error(f"{wname} should be an 'array', got {wattrs.get('encoding-type')!r}")
-    if json.loads(wattrs["shape"]) != [dim, dim]:
-        raise r.error(f"{wname} has shape {tuple(json.loads(wattrs['shape']))}, expected ({dim}, {dim})")
-    if wattrs["dtype"] not in _WEIGHT_DTYPES:
-        raise r.error(f"{wname} has dtype {wattrs['dtype']}, expected one of {', '.join(_WEIGHT_DTYPES)}")
-    w = r.dispatch(wname, wobj, wattrs)
+    w, wattrs = _read_weights(r, name, (dim, dim), _WEIGHT_DTYPES)
     held = margin = learned = None
     if rule == "margin":
         pname = f"{name}/patterns"
@@ -488,13 +494,7 @@ def _read_keyed_memory(r: _Reader, name, obj, attrs):
         dim, keys, n_stored, seed = (int(attrs[k]) for k in ("dim", "keys", "n-stored", "key-seed"))
     except (KeyError, TypeError, ValueError):
         raise r.error(f"{name} lacks valid dim, keys, n-stored and key-seed attributes") from None
-    wname = f"{name}/weights"
-    wobj, wattrs = r.get(wname, "dataset")
-    if wattrs.get("encoding-type") != "array":
-        raise r.error(f"{wname} should be an 'array', got {wattrs.get('encoding-type')!r}")
-    if json.loads(wattrs["shape"]) != [dim, keys]:
-        raise r.error(f"{wname} has shape {tuple(json.loads(wattrs['shape']))}, expected ({dim}, {keys})")
-    w = r.data(wname, wobj, wattrs, dtypes=_KEYED_DTYPES, ndim=2)
+    w, wattrs = _read_weights(r, name, (dim, keys), _KEYED_DTYPES)
     if not r.load:
         return MemoryInfo("keyed", dim, n_stored, np.dtype(wattrs["dtype"]).name, keys)
     from supsup_hopfield.keyed import KeyedMemory
