@@ -203,6 +203,11 @@ def test_eval_hopfield_gives_every_mask_back_from_a_keyed_memory(keyed_run, tmp_
         assert row["hamming"] == [0, 0] and row["chosen"] == f"key {t}"
         assert row["accuracy"] == row["task_given_accuracy"] == pytest.approx(trained[t])
     assert res["mean_accuracy"] == pytest.approx(np.mean(trained))
+    # --superposed L: the paper's one-shot inference first keeps L candidates, recorded with the result
+    r = CliRunner().invoke(app, ["eval", str(path), "--method", "hopfield", "--superposed", "2", "--tasks", "1",
+                                 "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["recovery"]["superposed"] == 2
     # the paper's descent needs an attractor memory: one line, exit 2
     r = CliRunner().invoke(app, ["eval", str(path), "--method", "hopfield", "--recovery", "paper", "--device", "cpu"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "this memory is keyed" in r.output
