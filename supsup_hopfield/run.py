@@ -256,13 +256,18 @@ def new_memories(cfg: RunConfig) -> dict:
     return {s.name: HopfieldMemory(s.stop - s.start, cfg.memory_rule, cfg.memory_dtype) for s in memory_slots(cfg)}
 
 
+def _store_what_fits(mem, patterns: np.ndarray) -> None:
+    """Store the patterns (n, dim) in order; a keyed memory that fills up keeps the first ones
+    (the run's explicit masks hold the rest)."""
+    room = mem.keys - mem.n_stored if mem.rule == "keyed" else len(patterns)
+    if room > 0:
+        mem.store(patterns[:room])
+
+
 def store_masks(memories: dict, slots, layer_masks) -> None:
-    """Store one task's masks (one array per masked layer) in every memory slot; a keyed memory
-    that is full keeps what it has (the run's explicit masks hold the rest)."""
+    """Store one task's masks (one array per masked layer) in every memory slot."""
     for slot in slots:
-        mem = memories[slot.name]
-        if mem.rule != "keyed" or mem.n_stored < mem.keys:
-            mem.store(slot_pattern(slot, layer_masks))
+        _store_what_fits(memories[slot.name], slot_pattern(slot, layer_masks)[None])
 
 
 def replay_memories(config: dict, masks: dict, rule: str, stored: int, dtype: str = "float32") -> dict:
@@ -281,8 +286,7 @@ def replay_memories(config: dict, masks: dict, rule: str, stored: int, dtype: st
     memories = new_memories(cfg)
     for slot in memory_slots(cfg):
         rows = flat[slot.layer] if slot.layer is not None else np.concatenate(flat, axis=1)
-        memories[slot.name].store(rows[:min(stored, getattr(memories[slot.name], "keys", stored)),
-                                       slot.start:slot.stop])
+        _store_what_fits(memories[slot.name], rows[:, slot.start:slot.stop])
     return memories
 
 
